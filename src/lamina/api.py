@@ -1,0 +1,222 @@
+"""The Python API: what the CLI (and later the server) call.
+
+    import lamina
+    result = lamina.train("classify", data="fashion-mnist", epochs=3, out="runs/fmnist")
+    run = lamina.load("runs/fmnist")
+    run.evaluate(split="test")["metrics"]["accuracy"]
+    run.predict(["shoe.png"], top_k=3)
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lamina import config as config_mod
+from lamina.config import RunConfig
+from lamina.engine import checkpoint as ckpt
+from lamina.engine.device import Precision, resolve_amp, resolve_device
+from lamina.engine.loop import NonFiniteLoss, Trainer
+from lamina.errors import LaminaError, UsageError
+from lamina.models.registry import count_parameters, get_model
+from lamina.tasks import Task, get_task
+
+# Keyword arguments of train() (and CLI flags) -> dotted config keys.
+SETTINGS = {
+    "data": "data.name",
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "time_budget": "train.time_budget",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "optimizer": "optim.name",
+    "schedule": "optim.schedule",
+    "seed": "train.seed",
+    "device": "train.device",
+    "amp": "train.amp",
+    "init": "train.init",
+    "freeze": "train.freeze",
+    "quiet": "train.quiet",
+}
+
+
+@dataclass
+class Run:
+    """A trained model loaded from its run directory, ready to evaluate and predict."""
+
+    path: Path
+    info: dict[str, Any]
+    config: RunConfig
+    task: Task
+    model: nn.Module
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.info["meta"]
+
+    def evaluate(self, data: str | None = None, split: str = "test", out_dir: str | Path | None = None) -> dict:
+        data = data or self.config.data.name
+        out_dir = Path(out_dir) if out_dir else self.path
+        result = self.task.report(self.model, self.meta, data, split, out_dir)
+        return {"task": self.task.name, "run": str(self.path), "data": data, "split": split, **result}
+
+    def predict(self, inputs: list[str], **options) -> list[dict[str, Any]]:
+        return self.task.predict(self.model, self.meta, [str(i) for i in inputs], **options)
+
+
+def _build(task: Task, name: str, args: dict[str, Any], device: torch.device) -> nn.Module:
+    model = get_model(task.name, name, **args)
+    if task.cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # only 4-D weights change; a no-op for MLPs
+    return model.to(device)
+
+
+def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> Run:
+    run_dir = Path(run_dir)
+    info = ckpt.read_run(run_dir, task=task)
+    cfg = config_mod.from_dict(info.get("config", {}))
+    dev = resolve_device(device)
+    task_obj = get_task(info["task"])(cfg, dev, Precision(resolve_amp(cfg.train.amp, dev), dev))
+    model = _build(task_obj, info["model"]["name"], info["model"]["args"], dev)
+    try:
+        model.load_state_dict(ckpt.load_weights(run_dir / ckpt.WEIGHTS_FILE, dev))
+    except RuntimeError as exc:
+        raise LaminaError(f"{run_dir / ckpt.WEIGHTS_FILE} does not match the model recorded in "
+                          f"{ckpt.RUN_FILE}: {str(exc).splitlines()[-1].strip()}") from None  # fmt: skip
+    model.eval()
+    return Run(run_dir, info, cfg, task_obj, model)
+
+
+def evaluate(run: str | Path | Run, data: str | None = None, split: str = "test", device: str = "auto") -> dict:
+    run = run if isinstance(run, Run) else load(run, device)
+    return run.evaluate(data, split)
+
+
+def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **options) -> list[dict[str, Any]]:
+    run = run if isinstance(run, Run) else load(run, device)
+    return run.predict(inputs, **options)
+
+
+def _new_run_dir(out: str | Path | None, cfg: RunConfig) -> Path:
+    """--out if given (refusing to overwrite a run), else runs/<task>-<data>-<model>[-N]."""
+    if out is not None:
+        out = Path(out)
+        if (out / ckpt.RUN_FILE).exists():
+            raise LaminaError(f"{out} already holds a run; continue it with --resume or choose another --out")
+        return out
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.name.rstrip("/")).name) or "data"
+    base = Path("runs") / f"{cfg.task}-{data}-{cfg.model.name}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags, sets) -> tuple[RunConfig, Path]:
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs --out RUN: the run directory to continue")
+        info = ckpt.read_run(out, task=task_cls.name, need_weights=False)
+        base = config_mod.from_dict(info.get("config", {}))
+        cfg = config_mod.resolve(task_cls.defaults, base=base, config_file=config_file, flags=flags, sets=sets)
+        return cfg, Path(out)
+    cfg = config_mod.resolve(task_cls.defaults, config_file=config_file, flags=flags, sets=sets)
+    if cfg.train.init:
+        # Transfer: the initialising run's architecture is the default, under everything the user set.
+        init = ckpt.read_run(cfg.train.init, task=task_cls.name)
+        fixed = ("in_channels", "num_classes", "image_size")
+        inherited = {"model.name": init["model"]["name"]}
+        inherited.update({f"model.{k}": v for k, v in init["model"]["args"].items() if k not in fixed})
+        cfg = config_mod.resolve({**task_cls.defaults, **inherited}, config_file=config_file, flags=flags, sets=sets)
+    cfg.task = task_cls.name
+    return cfg, _new_run_dir(out, cfg)
+
+
+def train(task: str, *, out: str | Path | None = None, resume: bool = False, config_file: str | Path | None = None,
+          sets: list[str] | None = None, started: float | None = None, **settings: Any) -> dict[str, Any]:  # fmt: skip
+    """Train a model for `task`; settings are the keys of SETTINGS (data=..., epochs=..., lr=...).
+
+    The time budget counts from `started` (a time.monotonic() value; default: now), so data loading,
+    evaluation and saving are all inside it. Returns a summary: run directory, status, best
+    validation and test metrics, timings.
+    """
+    started = time.monotonic() if started is None else started
+    task_cls = get_task(task)
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise UsageError(f"unknown train() argument(s): {', '.join(sorted(unknown))}")
+    flags = {SETTINGS[k]: v for k, v in settings.items()}
+    cfg, run_dir = _resolve_config(task_cls, out, resume, config_file, flags, sets)
+    saved = ckpt.load_trainer(run_dir / ckpt.TRAINER_FILE) if resume else None
+
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    precision = Precision(resolve_amp(cfg.train.amp, device), device)
+    task_obj = task_cls(cfg, device, precision)
+    prepared = task_obj.prepare()
+    model_args = {**cfg.model.args, **prepared.model_args}
+    model = _build(task_obj, cfg.model.name, model_args, device)
+    if cfg.train.init and not resume:
+        task_obj.init_from(model, cfg.train.init, cfg.train.freeze)
+    elif cfg.train.freeze:
+        model.freeze_features()  # resuming a frozen transfer run: the weights come from trainer.pt
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format": ckpt.FORMAT_VERSION,
+        "task": task_cls.name,
+        "model": {"name": cfg.model.name, "args": model_args, "parameters": count_parameters(model)},
+        "meta": prepared.meta,
+        "config": cfg.to_dict(),
+        "status": "training",
+        "versions": ckpt.versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+
+    val, test = prepared.val, prepared.test
+    trainer = Trainer(
+        model, task_obj.step, prepared.train, (lambda m: task_obj.evaluate(m, val)) if val else None, cfg, run_dir,
+        precision, monitor=task_cls.monitor, started=started, reserve_samples=test.n_samples if test else 0,
+        val_samples=val.n_samples if val else 0,
+    )  # fmt: skip
+    if saved is not None:
+        trainer.resume_from(saved)
+    try:
+        result = trainer.fit()
+    except NonFiniteLoss:
+        info["status"] = "diverged"
+        ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+        raise
+
+    summary: dict[str, Any] = {"run": str(run_dir), "status": result.status, "steps": result.state.step,
+                               "epochs": round(result.state.samples / max(prepared.train.n_samples, 1), 3),
+                               "precision": result.precision}  # fmt: skip
+    if result.status == "interrupted":
+        info["status"] = "interrupted"
+        ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+        summary["seconds"] = round(trainer.elapsed(), 2)
+        return summary
+
+    metrics: dict[str, Any] = {}
+    if result.best_metrics:
+        metrics["val"] = {k.removeprefix("val_"): v for k, v in result.best_metrics.items()}
+    if test is not None:
+        metrics["test"] = task_obj.evaluate(model, test)
+        metrics["test"]["n"] = test.n_samples
+    from lamina.viz.curves import plot_curves
+
+    plot_curves(result.history, run_dir / "curves.png", task_cls.monitor[0])
+    summary["seconds"] = round(trainer.elapsed(), 2)
+    info.update(status="complete", stopped=result.status, metrics=metrics,
+                training={k: summary[k] for k in ("steps", "epochs", "seconds", "precision")})  # fmt: skip
+    ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+    summary["metrics"] = metrics
+    return summary

@@ -1,0 +1,214 @@
+"""The `lamina` command: parse arguments, call the API, print. No logic of its own.
+
+Errors are one line on stderr: exit code 2 for usage, 1 for failures, 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()  # before torch is imported: `--time-budget` counts the whole command
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from lamina.errors import LaminaError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lamina", description="Train, evaluate, inspect and use deep networks.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model for a task")
+    t.add_argument("task", help="what to learn, e.g. classify")
+    t.add_argument("--data", help="dataset name or path")
+    t.add_argument("--model", help="model name (see: lamina models TASK)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop in time to evaluate and save")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--optimizer", choices=["sgd", "adamw"])
+    t.add_argument("--schedule", choices=["constant", "cosine", "onecycle"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (auto: where it pays)")
+    t.add_argument("--out", help="run directory (default: runs/TASK-DATA-MODEL[-N])")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    t.add_argument("--init", metavar="RUN", help="start from RUN's trained backbone, with a new head")
+    t.add_argument("--freeze", action="store_true", default=None, help="with --init: train only the new head")
+    t.add_argument("--config", metavar="FILE.yaml", help="settings file (sections: data, model, optim, train)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. optim.lr=0.05")
+    t.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    e = sub.add_parser("evaluate", help="measure a trained run on a split")
+    e.add_argument("run")
+    e.add_argument("--data", help="dataset name or path (default: the run's own)")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="predict labels for inputs (images for classify)")
+    pr.add_argument("run")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pr.add_argument("--json", action="store_true")
+
+    m = sub.add_parser("models", help="list models: names, parameter counts, descriptions")
+    m.add_argument("task", nargs="?")
+    m.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("data", help="datasets available here and where they come from")
+    dsub = d.add_subparsers(dest="data_command", parser_class=_Parser)
+    dsub.add_parser("list", help="list datasets and whether they are on this machine")
+    dp = dsub.add_parser("prepare", help="locate (or download) and verify a dataset")
+    dp.add_argument("name")
+    return p
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    settings = {k: getattr(a, k) for k in api.SETTINGS if getattr(a, k, None) is not None}
+    summary = api.train(a.task, out=a.out, resume=a.resume, config_file=a.config, sets=a.set, started=STARTED,
+                        **settings)  # fmt: skip
+    if a.json:
+        _print_json(summary)
+    elif summary["status"] == "interrupted":
+        print(f"interrupted at step {summary['steps']}; continue with: "
+              f"lamina train {a.task} --out {summary['run']} --resume", file=sys.stderr)  # fmt: skip
+    else:
+        for split in ("val", "test"):
+            m = summary.get("metrics", {}).get(split)
+            if m:
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+                print(f"{split}: {shown}" + (f"  ({m['n']:,} samples)" if "n" in m else ""))
+        test = summary.get("metrics", {}).get("test", {})
+        if "accuracy" in test:
+            print(f"test accuracy {test['accuracy']:.2%} after {summary['seconds']:.1f} s ({summary['epochs']:.2f} "
+                  f"epochs, {summary['precision']}); run saved in {summary['run']}")  # fmt: skip
+        else:
+            print(f"done in {summary['seconds']:.1f} s; run saved in {summary['run']}")
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    result = api.evaluate(a.run, data=a.data, split=a.split, device=a.device)
+    if a.json:
+        _print_json(result)
+        return 0
+    m = result["metrics"]
+    print(f"{result['task']} on {result['data']} ({result['split']}, {result['n']:,} samples)")
+    for key, value in m.items():
+        if isinstance(value, float):
+            print(f"  {key:16s} {value:.4f}")
+    if "per_class" in m:
+        print(f"  {'class':20s} {'precision':>9s} {'recall':>9s} {'f1':>9s} {'support':>8s}")
+        for name, c in m["per_class"].items():
+            print(f"  {name[:20]:20s} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} {c['support']:8d}")
+    for path in result.get("plots", []):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    results = api.predict(a.run, a.inputs, device=a.device, top_k=a.top_k)
+    if a.json:
+        _print_json(results)
+    for r in results:
+        if "error" in r:
+            print(f"lamina: error: {r['error']}", file=sys.stderr)
+        elif not a.json:
+            shown = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
+            print(f"{r['file']}: {shown}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from lamina.models.registry import count_parameters, get_spec, list_models
+    from lamina.tasks import get_task
+
+    if a.task:
+        get_task(a.task)
+    rows = []
+    for spec in list_models(a.task):
+        model = get_spec(spec.task, spec.name).builder()  # defaults: 1x28x28 inputs, 10 classes
+        rows.append({"task": spec.task, "name": spec.name, "parameters": count_parameters(model),
+                     "description": spec.description})  # fmt: skip
+    if a.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['task']:10s} {r['name']:12s} {r['parameters']:>12,}  {r['description']}")
+    return 0
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from lamina.data.sources import FASHION_MNIST
+    from lamina.tasks import TASKS
+
+    sources = {"fashion-mnist": FASHION_MNIST}
+    if a.data_command == "prepare":
+        if a.name not in sources:
+            raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(sources))}")
+        source = sources[a.name]
+        for file in source.files:
+            source.read(file)  # locates or downloads, then verifies the SHA-256
+        print(f"{a.name}: verified in {source.locate()}")
+        return 0
+    for task_cls in TASKS.values():
+        for name, description in task_cls.datasets.items():
+            where = sources[name].locate() if name in sources else None
+            state = f"here: {where}" if where else f"missing: {sources[name].install_hint}"
+            print(f"{task_cls.name:10s} {name:16s} {description}\n{'':27s} {state}")
+    print("any task also takes --data PATH (classify: a folder of class sub-folders of images)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
+            "data": cmd_data}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.version:
+            from lamina import __version__
+
+            print(f"lamina {__version__}")
+            return 0
+        if not args.command:
+            _parser().print_help()
+            return 2
+        if args.command == "data" and not args.data_command:
+            args.data_command = "list"
+        return COMMANDS[args.command](args)
+    except LaminaError as exc:
+        print(f"lamina: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""Run configuration: dataclass defaults < task defaults < YAML file < CLI flags < --set key=value.
+
+Every knob lives in exactly one dataclass field, addressed by a dotted key such as
+``optim.lr`` or ``train.time_budget``. ``model.<anything>`` other than ``model.name`` goes into the
+model builder's keyword arguments, so model families can grow options without touching this file.
+The resolved configuration is saved in the run directory and is what ``--resume`` starts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lamina.errors import UsageError, choices
+
+
+@dataclass
+class DataConfig:
+    name: str = ""  # a registered dataset name or a path
+    val_fraction: float = 0.1  # held out from training (stratified, deterministic) when no val split exists
+    classes: list[int] | None = None  # keep only these class indices (relabelled 0..k-1)
+    per_class: int = 0  # at most this many training examples per class (0: all)
+    image_size: int = 0  # side of the square images fed to the model (0: the dataset's own, or automatic)
+    flip: bool = True  # random horizontal flips in training
+    crop_padding: int = 2  # random crops after zero padding by this many pixels (0: off)
+    tta: bool = True  # average predictions over the image and its mirror (when trained with flips)
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # constant | cosine | onecycle
+    warmup: float = 0.2  # fraction of training spent warming up (cosine, onecycle)
+    grad_clip: float = 0.0  # max global gradient norm (0: no clipping)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # 0: no epoch limit (needs a time budget)
+    time_budget: float = 0.0  # seconds of wall clock for the whole run, final evaluation included (0: none)
+    batch_size: int = 256
+    label_smoothing: float = 0.0
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    channels_last: bool = True  # memory format for convolutional models (faster with oneDNN and cuDNN)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0
+    eval_every: int = 0  # evaluate every N optimizer steps (0: at the end of every epoch)
+    early_stop: int = 0  # stop after this many evaluations without improvement (0: never)
+    keep: str = "best"  # best | last: which weights model.safetensors holds at the end
+    init: str = ""  # run directory whose backbone initialises the model (transfer)
+    freeze: bool = False  # with init: train only the new head
+    quiet: bool = False
+
+
+@dataclass
+class RunConfig:
+    task: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SECTIONS = ("data", "model", "optim", "train")
+CHOICES = {
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("constant", "cosine", "onecycle"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.keep": ("best", "last"),
+}
+
+
+def valid_keys() -> list[str]:
+    keys = ["task"]
+    for section in SECTIONS:
+        cls = type(getattr(RunConfig(), section))
+        keys += [f"{section}.{f.name}" for f in fields(cls)]
+    return keys
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}; model arguments become model.<arg>."""
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted == "model.args":
+            flat.update({f"model.{k}": v for k, v in (value or {}).items()})
+        elif isinstance(value, dict) and dotted in ("data", "model", "optim", "train"):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'optim.lr=0.05' -> ('optim.lr', 0.05); values are read as YAML scalars or lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UsageError(f"config file {path} is not valid YAML: {problem}") from None
+    if not isinstance(tree, dict):
+        raise UsageError(f"config file {path} must hold a mapping of sections (data, model, optim, train)")
+    return flatten(tree)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, with a one-line error when it cannot."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if isinstance(value, bool):  # YAML 1.1 reads a bare `off`/`on` as a boolean
+                return "on" if value else "off"
+            return "" if value is None else str(value)
+        if origin is list:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return [_coerce(key, v, args[0]) for v in items]
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise UsageError(f"{key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def apply(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Set dotted keys on a copy of config, checking names, types and choices."""
+    config = dataclasses.replace(
+        config, **{s: dataclasses.replace(getattr(config, s)) for s in SECTIONS}
+    )
+    config.model.args = dict(config.model.args)
+    for key, value in overrides.items():
+        if key == "task":
+            config.task = str(value)
+            continue
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise UsageError(f"unknown setting {key!r}; valid settings: {choices(valid_keys())}")
+        target = getattr(config, section)
+        if section == "model" and name not in ("name", "args"):
+            config.model.args[name] = value
+            continue
+        declared = typing.get_type_hints(type(target))
+        if name not in declared:
+            raise UsageError(f"unknown setting {key!r}; valid settings: {choices(valid_keys())}")
+        value = _coerce(key, value, declared[name])
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UsageError(f"{key}: {value!r} is not one of {choices(CHOICES[key])}")
+        setattr(target, name, value)
+    return config
+
+
+def from_dict(tree: dict) -> RunConfig:
+    """Rebuild a RunConfig from the dictionary saved in a run directory."""
+    return apply(RunConfig(), flatten(tree))
+
+
+def resolve(
+    task_defaults: dict[str, Any],
+    *,
+    base: RunConfig | None = None,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """Layer the sources of settings; later layers win.
+
+    ``base`` replaces dataclass+task defaults (used by --resume, which starts from the saved config).
+    When a time budget is given and no layer sets the number of epochs, training is bounded by time
+    alone: that is what a user asking for "the best model in 75 s" means.
+    """
+    layers: list[dict[str, Any]] = []
+    if base is None:
+        layers.append(task_defaults)
+    if config_file:
+        layers.append(load_yaml(config_file))
+    layers.append({k: v for k, v in (flags or {}).items() if v is not None})
+    layers.append(dict(parse_assignment(s) for s in (sets or [])))
+
+    config = base or RunConfig()
+    for layer in layers:
+        config = apply(config, layer)
+    user_keys = set().union(*[set(layer) for layer in layers[1 if base is None else 0 :]])
+    if base is None and "train.time_budget" in user_keys and "train.epochs" not in user_keys:
+        config.train.epochs = 0
+    check(config)
+    return config
+
+
+def check(config: RunConfig) -> None:
+    t, o, d = config.train, config.optim, config.data
+    if t.epochs < 0 or (t.epochs == 0 and t.time_budget <= 0):
+        raise UsageError("give a positive number of epochs or a time budget (--epochs N or --time-budget S)")
+    if t.time_budget < 0:
+        raise UsageError("--time-budget must be positive")
+    if t.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if o.lr <= 0:
+        raise UsageError("--lr must be positive")
+    if not 0 <= d.val_fraction < 1:
+        raise UsageError("data.val_fraction must be in [0, 1)")
+    if not 0 <= o.warmup < 1:
+        raise UsageError("optim.warmup must be in [0, 1)")
+    if t.freeze and not t.init:
+        raise UsageError("--freeze needs --init RUN (a trained network to freeze)")

@@ -1,0 +1,110 @@
+"""Where raw data comes from: Debian package paths, the user's cache ($LAMINA_HOME), official mirrors.
+
+Nothing is ever fetched from a model or data hub. A download happens only when the files are
+nowhere on this machine and LAMINA_OFFLINE is unset, and what is downloaded is verified by SHA-256.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.errors import LaminaError
+
+
+def lamina_home() -> Path:
+    return Path(os.environ.get("LAMINA_HOME") or Path.home() / ".cache" / "lamina")
+
+
+def offline() -> bool:
+    return os.environ.get("LAMINA_OFFLINE", "").lower() not in ("", "0", "false", "no")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class FileSet:
+    """A named set of gzip files, checked by the SHA-256 of their *decompressed* contents.
+
+    Debian recompresses upstream archives, so the .gz bytes differ from the mirror's while the
+    arrays inside are identical; checking the decompressed bytes accepts both.
+    """
+
+    name: str
+    files: dict[str, str]  # file name -> SHA-256 of the decompressed bytes
+    system_dirs: list[Path]  # where packages install it; tried after the user's cache
+    mirror: str  # base URL for online users
+    install_hint: str
+    description: str = ""
+
+    def locate(self) -> Path | None:
+        for folder in [self.cache_dir(), *self.system_dirs]:
+            if all((folder / f).is_file() for f in self.files):
+                return folder
+        return None
+
+    def cache_dir(self) -> Path:
+        return lamina_home() / "data" / self.name
+
+    def read(self, file: str) -> bytes:
+        """The verified, decompressed bytes of one file, downloading the set first if it is missing."""
+        folder = self.locate() or self.download()
+        path = folder / file
+        try:
+            data = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise LaminaError(f"{path} is corrupt ({exc}); reinstall it: {self.install_hint}") from None
+        if sha256_bytes(data) != self.files[file]:
+            raise LaminaError(f"{path} does not hold the expected {self.name} data (SHA-256 mismatch); "
+                              f"reinstall it: {self.install_hint}")  # fmt: skip
+        return data
+
+    def download(self) -> Path:
+        if offline():
+            raise LaminaError(f"{self.name} is not on this machine; install it with: {self.install_hint}")
+        target = self.cache_dir()
+        target.mkdir(parents=True, exist_ok=True)
+        for file, expected in self.files.items():
+            if (target / file).is_file():
+                continue
+            url = self.mirror.rstrip("/") + "/" + file
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response, tempfile.NamedTemporaryFile(
+                    dir=target, delete=False
+                ) as tmp:
+                    shutil.copyfileobj(response, tmp)
+            except OSError as exc:
+                raise LaminaError(f"{self.name} is not on this machine and downloading {url} failed ({exc}); "
+                                  f"install it with: {self.install_hint}") from None  # fmt: skip
+            try:
+                ok = sha256_bytes(gzip.decompress(Path(tmp.name).read_bytes())) == expected
+            except (OSError, EOFError):
+                ok = False
+            if not ok:
+                Path(tmp.name).unlink(missing_ok=True)
+                raise LaminaError(f"downloaded {url} does not match the expected SHA-256; not using it")
+            os.replace(tmp.name, target / file)
+        return target
+
+
+FASHION_MNIST = FileSet(
+    name="fashion-mnist",
+    files={
+        "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+    system_dirs=[Path("/usr/share/datasets/fashion-mnist")],
+    mirror="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    install_hint="sudo apt-get install dataset-fashion-mnist",
+    description="Zalando's 70,000 28x28 grey images of clothing in 10 classes (60,000 train, 10,000 test)",
+)

@@ -1,0 +1,25 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero, never a traceback."""
+
+
+class LaminaError(Exception):
+    """A failure the user can fix (bad input, missing data, unusable run directory). Exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(LaminaError):
+    """The command line or configuration asks for something that does not exist. Exit code 2."""
+
+    exit_code = 2
+
+
+def choices(names) -> str:
+    """'a, b, c' for listing valid names in an error message."""
+    return ", ".join(sorted(names))
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr: something was skipped or adjusted, and the work goes on."""
+    import sys
+
+    print(f"lamina: warning: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,56 @@
+"""The interface every image classifier shares: a backbone mapping images to a feature vector, and a head.
+
+Transfer learning swaps the head (``reset_head``) and optionally freezes the backbone; the engine
+and the tasks only ever see ``forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    def __init__(self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.features = features  # (B, C, H, W) -> (B, num_features)
+        self.num_features = num_features
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(num_features, num_classes)
+        self.frozen = False
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, F)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.forward_features(x)))  # (B, num_classes)
+
+    def reset_head(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.num_features, num_classes).to(self.head.weight.device)
+
+    def freeze_features(self) -> None:
+        """Train only the head: the backbone keeps its weights and its normalisation statistics."""
+        self.frozen = True
+        self.features.requires_grad_(False)
+        self.features.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.features.eval()  # batch-norm statistics of a frozen backbone must not drift (Keras does the same)
+        return self
+
+
+class GlobalPool(nn.Module):
+    """(B, C, H, W) -> (B, C): average, max, or both concatenated."""
+
+    def __init__(self, kind: str = "avg"):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "max":
+            return x.amax(dim=(2, 3))
+        if self.kind == "avgmax":
+            return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return x.mean(dim=(2, 3))

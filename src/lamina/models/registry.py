@@ -1,0 +1,71 @@
+"""A registry of model builders, keyed by task and name (timm/torchvision style).
+
+    @register_model("classify", "vgg-s", "VGG-style net, one conv per stage")
+    def vgg_s(**kwargs) -> nn.Module: ...
+
+    get_model("classify", "vgg-s", in_channels=1, num_classes=10, image_size=28)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from lamina.errors import UsageError, choices
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    task: str
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+
+
+_REGISTRY: dict[tuple[str, str], ModelSpec] = {}
+
+
+def register_model(task: str, name: str, description: str):
+    """Decorator: register a builder under (task, name); a duplicate name is a programming error."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if (task, name) in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered for task {task!r}")
+        _REGISTRY[(task, name)] = ModelSpec(task, name, builder, description)
+        return builder
+
+    return decorator
+
+
+def get_spec(task: str, name: str) -> ModelSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[(task, name)]
+    except KeyError:
+        names = [spec.name for spec in list_models(task)]
+        raise UsageError(f"unknown model {name!r} for task {task!r}; choose from: {choices(names)}") from None
+
+
+def get_model(task: str, name: str, **kwargs) -> nn.Module:
+    spec = get_spec(task, name)
+    try:
+        return spec.builder(**kwargs)
+    except TypeError as exc:  # an unknown or missing builder argument, e.g. from --set model.x=...
+        raise UsageError(f"model {name!r}: {exc}") from None
+
+
+def list_models(task: str | None = None) -> list[ModelSpec]:
+    _ensure_loaded()
+    specs = [s for s in _REGISTRY.values() if task is None or s.task == task]
+    return sorted(specs, key=lambda s: (s.task, s.name))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _ensure_loaded() -> None:
+    # The families are listed explicitly (no folder scanning); importing them registers their builders.
+    import lamina.models  # noqa: F401

@@ -1,0 +1,59 @@
+"""Residual networks (He et al. 2015), from torchvision's blocks, adapted to small images.
+
+``resnet20`` is the CIFAR-style network of the paper (3 stages of 16/32/64 channels); ``resnet18``
+is torchvision's ImageNet ResNet-18 with a 3x3 stride-1 stem and no stem pooling, which is how it
+is trained on 28-32 pixel images.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+from lamina.models.classifier import GlobalPool, ImageClassifier
+from lamina.models.layers import conv_norm_act, norm_layer
+from lamina.models.registry import register_model
+
+
+def _stage(cin: int, cout: int, blocks: int, stride: int, norm) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or cin != cout:  # projection shortcut when the shape changes
+        downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
+    layers = [tv_resnet.BasicBlock(cin, cout, stride, downsample, norm_layer=norm)]
+    layers += [tv_resnet.BasicBlock(cout, cout, norm_layer=norm) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def small_resnet_features(in_channels: int, widths: list[int], blocks: list[int], norm: str) -> nn.Sequential:
+    Norm = norm_layer(norm)
+    layers: list[nn.Module] = [conv_norm_act(in_channels, widths[0], Norm, lambda: nn.ReLU(inplace=True))]
+    channels = widths[0]
+    for i, (width, n) in enumerate(zip(widths, blocks)):
+        layers.append(_stage(channels, width, n, 1 if i == 0 else 2, Norm))
+        channels = width
+    layers.append(GlobalPool("avg"))
+    return nn.Sequential(*layers)
+
+
+def _small_resnet(widths, blocks, in_channels=1, num_classes=10, image_size=28, norm="batch", dropout=0.0):
+    return ImageClassifier(small_resnet_features(in_channels, widths, blocks, norm), widths[-1], num_classes, dropout)
+
+
+@register_model("classify", "resnet8", "small residual net: stem 32, stages 32/64/128 with one basic block each")
+def resnet8(**kwargs) -> ImageClassifier:
+    return _small_resnet([32, 64, 128], [1, 1, 1], **kwargs)
+
+
+@register_model("classify", "resnet20", "CIFAR-style ResNet-20: stages 16/32/64 with three basic blocks each")
+def resnet20(**kwargs) -> ImageClassifier:
+    return _small_resnet([16, 32, 64], [3, 3, 3], **kwargs)
+
+
+@register_model("classify", "resnet18", "torchvision ResNet-18 with a 3x3 stride-1 stem for small images")
+def resnet18(in_channels=1, num_classes=10, image_size=28, dropout=0.0) -> ImageClassifier:
+    net = tv_resnet.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()  # keep resolution: 28x28 maps would shrink to 1x1 far too early
+    num_features = net.fc.in_features
+    net.fc = nn.Identity()  # torchvision's forward then ends with the pooled, flattened features
+    return ImageClassifier(net, num_features, num_classes, dropout)

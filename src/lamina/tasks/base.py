@@ -1,0 +1,65 @@
+"""What a task (an application) hands the engine and the API.
+
+A task couples data, a model from the registry, a loss (the error signal), metrics and prediction.
+The engine only calls ``step`` and ``evaluate``; the API calls the rest. One level of inheritance,
+no more: a task overrides what it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lamina.config import RunConfig
+from lamina.engine.device import Precision
+from lamina.engine.loop import BatchStream, StepOutput
+from lamina.errors import UsageError
+
+
+@dataclass
+class Prepared:
+    """A task's data for one run, ready on the device, plus what must be saved to use the model later."""
+
+    train: BatchStream
+    val: BatchStream | None
+    test: BatchStream | None
+    meta: dict[str, Any]  # labels, vocabularies, input shape, normalisation, data provenance
+    model_args: dict[str, Any] = field(default_factory=dict)  # builder arguments implied by the data
+
+
+class Task:
+    name: str = ""
+    description: str = ""
+    monitor: tuple[str, str] = ("loss", "min")  # validation metric that picks the best checkpoint
+    defaults: dict[str, Any] = {}  # dotted config keys layered over the dataclass defaults
+    datasets: dict[str, str] = {}  # registered data names -> one-line description
+
+    def __init__(self, cfg: RunConfig, device: torch.device, precision: Precision):
+        self.cfg, self.device, self.precision = cfg, device, precision
+
+    def prepare(self) -> Prepared:
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, batch: Any) -> StepOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: BatchStream) -> dict[str, float]:
+        """Metrics on a stream, 'loss' included; called during training and at its end."""
+        raise NotImplementedError
+
+    def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path) -> dict[str, Any]:
+        """The full evaluation of `lamina evaluate`: {'n': ..., 'metrics': {...}, 'plots': [paths]}."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list[str], **options) -> list[dict[str, Any]]:
+        """One result dict per input; a bad input gets {'error': ...} and the others go on."""
+        raise NotImplementedError
+
+    def init_from(self, model: nn.Module, run_dir: str | Path, freeze: bool) -> None:
+        """Start from another run's weights (transfer)."""
+        raise UsageError(f"task {self.name!r} does not support --init")

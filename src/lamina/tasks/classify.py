@@ -1,0 +1,231 @@
+"""Image classification: Fashion-MNIST or any folder of class sub-folders, MLPs and CNNs, transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lamina import metrics
+from lamina.data import images as img
+from lamina.data.sources import FASHION_MNIST
+from lamina.engine import checkpoint as ckpt
+from lamina.engine.loop import StepOutput
+from lamina.errors import LaminaError, UsageError, choices
+from lamina.tasks.base import Prepared, Task
+
+DATASETS = {"fashion-mnist": FASHION_MNIST.description}
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    description = "image classification with MLPs and convolutional networks"
+    monitor = ("accuracy", "max")
+    defaults = {
+        "data.name": "fashion-mnist",
+        "model.name": "vgg-s",
+        "optim.lr": 0.2,
+        "train.label_smoothing": 0.1,
+    }
+    datasets = DATASETS
+
+    # ----- data ---------------------------------------------------------------------------------
+    def load_split(self, name: str, split: str, *, channels: int = 0, size: int = 0) -> img.ImageSet:
+        """One split ('train', 'val' or 'test') of a named dataset or a folder, before class filtering."""
+        d = self.cfg.data
+        if name == "fashion-mnist":
+            if split == "test":
+                return img.fashion_mnist("test")
+            train, val = img.stratified_split(img.fashion_mnist("train"), d.val_fraction)
+            return self._pick(train, val, split, name)
+        path = Path(name).expanduser()
+        if not path.exists() and "/" not in name and not name.startswith("."):
+            raise UsageError(f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a folder path")
+        layout = img.folder_layout(path)
+        if not channels:
+            classes, items = img.scan_folder(layout["train"])
+            _, channels, auto_size = img.probe_images(items)
+            size = d.image_size or auto_size
+        else:
+            classes = [p.name for p in img.class_folders(layout["train"])]
+        if split in layout and (split != "train" or "val" in layout):
+            return img.image_folder(layout[split], classes, channels, size, split)
+        if split == "test":
+            raise LaminaError(f"{path} has no test split (expected {path}/test/<class>/<image>)")
+        full = img.image_folder(layout["train"], classes, channels, size, "train")
+        train, val = img.stratified_split(full, d.val_fraction)
+        return self._pick(train, val, split, str(path))
+
+    @staticmethod
+    def _pick(train: img.ImageSet, val: img.ImageSet | None, split: str, name: str) -> img.ImageSet:
+        if split == "val" and val is None:
+            raise LaminaError(f"{name} has no validation split (data.val_fraction is 0)")
+        return train if split == "train" else val
+
+    def filtered_split(self, name: str, split: str, *, channels: int = 0, size: int = 0) -> img.ImageSet:
+        """load_split, then the run's class selection (data.classes indexes the run's own dataset)."""
+        data = self.load_split(name, split, channels=channels, size=size)
+        return img.keep_classes(data, self.cfg.data.classes) if name == self.cfg.data.name else data
+
+    def prepare(self) -> Prepared:
+        d = self.cfg.data
+        train = img.limit_per_class(self.filtered_split(d.name, "train"), d.per_class)
+        if len(train) == 0:
+            raise LaminaError(f"no training images left in {d.name} after data.classes / data.per_class")
+        size = d.image_size or train.images.shape[-1]
+        train = img.ImageSet(img.resize(train.images, size), train.labels, train.classes, train.keys)
+        mean, std = img.channel_stats(train.images)
+        meta = {"classes": train.classes, "channels": int(train.images.shape[1]), "image_size": size,
+                "mean": mean, "std": std}  # fmt: skip
+        val = self._optional_split("val", meta)
+        test = self._optional_split("test", meta)
+        source = FASHION_MNIST.locate() if d.name == "fashion-mnist" else Path(d.name).resolve()
+        meta["data"] = {"name": d.name, "source": str(source or ""), "train": len(train),
+                        "val": len(val) if val else 0, "test": len(test) if test else 0}  # fmt: skip
+        return Prepared(
+            train=self.batches(train, meta, train=True),
+            val=self.batches(val, meta) if val else None,
+            test=self.batches(test, meta) if test else None,
+            meta=meta,
+            model_args={"in_channels": meta["channels"], "num_classes": len(meta["classes"]), "image_size": size},
+        )
+
+    def _optional_split(self, split: str, meta: dict[str, Any]) -> img.ImageSet | None:
+        """The run's own val/test split, or None when its data has none."""
+        name = self.cfg.data.name
+        if split == "val" and self.cfg.data.val_fraction <= 0 and not (Path(name) / "val").is_dir():
+            return None
+        try:
+            return self.eval_split(meta, name, split)
+        except LaminaError:
+            if split == "test":
+                return None  # a folder without test/: nothing to report at the end of training
+            raise
+
+    def eval_split(self, meta: dict[str, Any], name: str, split: str) -> img.ImageSet:
+        """A split of any dataset, converted to a trained run's channels, size and class list.
+
+        A folder other than the run's own, without train/val/test sub-folders, is used whole.
+        """
+        path = Path(name)
+        if name != self.cfg.data.name and path.is_dir() and img.folder_layout(path) == {"train": path}:
+            classes = [p.name for p in img.class_folders(path)]
+            data = img.image_folder(path, classes, meta["channels"], meta["image_size"], split)
+        else:
+            data = self.filtered_split(name, split, channels=meta["channels"], size=meta["image_size"])
+        return align_classes(data, meta["classes"], meta["image_size"])
+
+    def batches(self, data: img.ImageSet, meta: dict[str, Any], train: bool = False) -> img.ImageBatches:
+        d, t = self.cfg.data, self.cfg.train
+        return img.ImageBatches(
+            data, t.batch_size if train else max(t.batch_size, 512), meta["mean"], meta["std"], self.device,
+            train=train, seed=t.seed, flip=d.flip and train, crop_padding=d.crop_padding if train else 0,
+            channels_last=t.channels_last,
+        )  # fmt: skip
+
+    # ----- model --------------------------------------------------------------------------------
+    def init_from(self, model: nn.Module, run_dir: str | Path, freeze: bool) -> None:
+        """Transfer: copy another run's backbone into `model` (whose head is sized for the new labels)."""
+        info = ckpt.read_run(run_dir, task=self.name)
+        state = ckpt.load_weights(Path(run_dir) / ckpt.WEIGHTS_FILE)
+        backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
+        try:
+            missing, unexpected = model.load_state_dict(backbone, strict=False)
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+            raise LaminaError(f"the backbone of {run_dir} ({info['model']['name']}) does not fit this model: {detail}") from None
+        missing = [k for k in missing if not k.startswith("head.")]
+        if missing or unexpected:
+            raise LaminaError(f"the backbone of {run_dir} ({info['model']['name']}) does not fit this model: "
+                              f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. "
+                              f"{(missing + unexpected)[0]}")  # fmt: skip
+        if freeze:
+            model.freeze_features()
+
+    # ----- loss, metrics, prediction ------------------------------------------------------------
+    def step(self, model: nn.Module, batch) -> StepOutput:
+        x, y = batch  # (B, C, H, W), (B,)
+        logits = model(x)  # (B, K)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
+        return StepOutput(loss, len(y), {"accuracy": (logits.argmax(1) == y).sum()})
+
+    @torch.no_grad()
+    def probabilities(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, K), averaged with the mirrored image when the run trained with flips."""
+        with self.precision.autocast():
+            p = model(x).float().softmax(1)
+            if self.cfg.data.tta and self.cfg.data.flip:
+                p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+        return p
+
+    @torch.no_grad()
+    def predict_all(self, model: nn.Module, batches: img.ImageBatches) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        probs, labels = [], []
+        for x, y in batches.epoch():
+            probs.append(self.probabilities(model, x).cpu())
+            labels.append(y.cpu())
+        return torch.cat(probs), torch.cat(labels)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: img.ImageBatches) -> dict[str, float]:
+        probs, labels = self.predict_all(model, batches)
+        return {
+            "loss": metrics.nll(probs, labels),
+            "accuracy": (probs.argmax(1) == labels).float().mean().item(),
+        }
+
+    def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path) -> dict[str, Any]:
+        """Full evaluation: accuracy, mean loss, per-class precision/recall/F1, confusion.png, errors.png."""
+        from lamina.viz.classify import plot_confusion, plot_errors
+
+        data = self.eval_split(meta, data, split)
+        probs, labels = self.predict_all(model, self.batches(data, meta))
+        pred = probs.argmax(1)
+        cm = metrics.confusion_matrix(pred, labels, len(meta["classes"]))
+        result = metrics.classification_report(cm, meta["classes"])
+        result["loss"] = metrics.nll(probs, labels)
+        plots = [plot_confusion(cm, meta["classes"], out_dir / "confusion.png")]
+        wrong = torch.nonzero(pred != labels).flatten()
+        worst = wrong[probs[wrong].gather(1, labels[wrong, None]).flatten().argsort()][:36]  # lowest p(true) first
+        plots.append(plot_errors(data.images[worst], labels[worst], pred[worst], probs[worst].amax(1),
+                                 meta["classes"], out_dir / "errors.png"))  # fmt: skip
+        return {"n": len(labels), "metrics": result, "plots": [str(p) for p in plots]}
+
+    def predict(self, model: nn.Module, meta: dict[str, Any], paths: list[str], top_k: int = 5) -> list[dict]:
+        """Top-k labels for each image file; an unreadable file gets an error entry, the others go on."""
+        results: list[dict] = [{"file": str(p)} for p in paths]
+        tensors, ok = [], []
+        for i, path in enumerate(paths):
+            try:
+                tensors.append(img.load_image(path, meta["channels"], meta["image_size"]))
+                ok.append(i)
+            except LaminaError as exc:
+                results[i]["error"] = str(exc)
+        if tensors:
+            data = img.ImageSet(torch.stack(tensors), torch.zeros(len(tensors), dtype=torch.long), meta["classes"],
+                                [str(paths[i]) for i in ok])  # fmt: skip
+            probs, _ = self.predict_all(model, self.batches(data, meta))
+            k = max(1, min(top_k, probs.shape[1]))
+            top_p, top_i = probs.topk(k, dim=1)
+            for row, i in enumerate(ok):
+                results[i]["predictions"] = [
+                    {"label": meta["classes"][c], "probability": round(float(p), 6)}
+                    for p, c in zip(top_p[row].tolist(), top_i[row].tolist())
+                ]
+        return results
+
+
+def align_classes(data: img.ImageSet, classes: list[str], size: int) -> img.ImageSet:
+    """Relabel `data` to the index order of `classes` (by name); drop nothing silently."""
+    unknown = sorted(set(data.classes[i] for i in data.labels.unique().tolist()) - set(classes))
+    if unknown:
+        raise LaminaError(f"the data has classes the model does not know: {', '.join(unknown)} "
+                          f"(the model knows: {', '.join(classes)})")  # fmt: skip
+    keep = [data.classes.index(c) for c in classes if c in data.classes]
+    data = img.keep_classes(data, keep) if keep != list(range(len(data.classes))) else data
+    mapping = torch.tensor([classes.index(c) for c in data.classes], dtype=torch.long)
+    return img.ImageSet(img.resize(data.images, size), mapping[data.labels], list(classes), data.keys)

@@ -1,0 +1,1 @@
+"""Plots that make the principles visible. matplotlib is imported lazily: only when a plot is drawn."""

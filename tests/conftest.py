@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny generated image folders and an isolated, offline lamina home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("bars", "columns", "dots")
+
+
+def pattern(kind: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A grey image whose class is visible in its structure: horizontal bars, vertical bars or a checkerboard."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    phase = rng.integers(0, 4)
+    if kind == "bars":
+        base = ((y + phase) // 2) % 2
+    elif kind == "columns":
+        base = ((x + phase) // 2) % 2
+    else:
+        base = ((x + phase) // 2 + (y // 2)) % 2
+    noisy = base * 180 + 40 + rng.normal(0, 20, size=base.shape)
+    return noisy.clip(0, 255).astype(np.uint8)
+
+
+def make_folder(root: Path, per_class: int = 12, colour: bool = False, sizes=((16, 16), (20, 18)), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for kind in CLASSES:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            array = pattern(kind, sizes[i % len(sizes)], rng)
+            image = Image.fromarray(array, "L")
+            if colour:
+                image = Image.merge("RGB", (image, image.point(lambda v: 255 - v), image))
+            image.save(root / kind / f"{kind}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own $LAMINA_HOME and never touches the network."""
+    monkeypatch.setenv("LAMINA_HOME", str(tmp_path_factory.mktemp("lamina-home")))
+    monkeypatch.setenv("LAMINA_OFFLINE", "1")
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "shapes")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One small trained classify run, shared by the tests that only read it."""
+    import lamina
+
+    base = tmp_path_factory.mktemp("trained")
+    data = make_folder(base / "shapes", per_class=16)
+    summary = lamina.train("classify", data=str(data), model="vgg-s", epochs=6, batch_size=8, lr=0.05,
+                           out=str(base / "run"), quiet=True, sets=["data.image_size=16"])  # fmt: skip
+    return Path(summary["run"])

@@ -1,0 +1,124 @@
+"""Image classification end to end on tiny generated folders: train, save, load, evaluate, predict, transfer."""
+
+import json
+
+import pytest
+import torch
+
+import lamina
+from lamina.engine import checkpoint as ckpt
+from lamina.errors import LaminaError
+
+from conftest import CLASSES, make_folder
+
+
+def test_run_directory_holds_everything_needed(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"lamina.json", "model.safetensors", "trainer.pt", "metrics.jsonl", "curves.png"} <= names
+    info = json.loads((trained_run / "lamina.json").read_text())
+    assert info["task"] == "classify" and info["status"] == "complete"
+    assert info["model"]["args"] == {"in_channels": 1, "num_classes": 3, "image_size": 16}
+    assert info["meta"]["classes"] == sorted(CLASSES)
+    assert info["config"]["train"]["epochs"] == 6 and "torch" in info["versions"]
+    assert len(ckpt.read_jsonl(trained_run / "metrics.jsonl")) == 6
+    saved = torch.load(trained_run / "trainer.pt", weights_only=True)  # no pickled code needed
+    assert {"model", "optimizer", "state", "rng"} <= set(saved)
+
+
+def test_the_tiny_model_learned_and_reloads_identically(trained_run):
+    info = json.loads((trained_run / "lamina.json").read_text())
+    assert info["metrics"]["val"]["accuracy"] >= 0.8  # stripes vs columns vs checks: easy when learning works
+    first, second = lamina.load(trained_run), lamina.load(trained_run)
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(first.model(x), second.model(x))
+
+
+def test_predict_images_of_any_size_and_mode(trained_run, tmp_path):
+    from PIL import Image
+
+    from conftest import pattern
+    import numpy as np
+
+    big = Image.fromarray(pattern("columns", (48, 40), np.random.default_rng(5))).convert("RGB")
+    big.save(tmp_path / "columns.jpg", quality=95)
+    results = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=2)
+    assert results[0]["predictions"][0]["label"] == "columns"
+    assert len(results[0]["predictions"]) == 2
+    assert sum(p["probability"] for p in lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=9)[0]["predictions"]) == pytest.approx(1, abs=1e-4)
+
+
+def test_evaluate_reports_per_class_metrics_and_plots(trained_run, tmp_path):
+    data = make_folder(tmp_path / "more", per_class=5, seed=9)
+    result = lamina.evaluate(trained_run, data=str(data))  # a flat folder: used whole
+    m = result["metrics"]
+    assert result["n"] == 15 and set(m["per_class"]) == set(CLASSES)
+    assert 0 <= m["accuracy"] <= 1 and m["loss"] > 0
+    assert sum(c["support"] for c in m["per_class"].values()) == 15
+    for plot in ("confusion.png", "errors.png"):
+        assert (trained_run / plot).stat().st_size > 1000
+
+
+def test_transfer_to_new_labels_with_a_frozen_backbone(trained_run, tmp_path):
+    new = tmp_path / "new"
+    for kind in ("bars", "columns"):
+        (new / f"{kind}-renamed").mkdir(parents=True)
+        for f in sorted((make_folder(tmp_path / "src", per_class=6) / kind).iterdir()):
+            f.rename(new / f"{kind}-renamed" / f.name)
+    summary = lamina.train("classify", data=str(new), init=str(trained_run), freeze=True, epochs=2, batch_size=4,
+                           out=str(tmp_path / "transfer"), quiet=True, sets=["data.image_size=16"])  # fmt: skip
+    info = json.loads((tmp_path / "transfer" / "lamina.json").read_text())
+    assert info["model"]["name"] == "vgg-s" and info["model"]["args"]["num_classes"] == 2
+    source = ckpt.load_weights(trained_run / "model.safetensors")
+    target = ckpt.load_weights(tmp_path / "transfer" / "model.safetensors")
+    frozen = [k for k in source if k.startswith("features.")]
+    assert frozen and all(torch.equal(source[k], target[k]) for k in frozen)  # backbone untouched, stats too
+    assert summary["status"] == "complete"
+
+
+def test_init_from_a_backbone_that_does_not_fit(trained_run, tmp_path):
+    data = make_folder(tmp_path / "colour", per_class=4, colour=True)
+    with pytest.raises(LaminaError, match="does not fit"):
+        lamina.train("classify", data=str(data), init=str(trained_run), epochs=1, out=str(tmp_path / "x"), quiet=True)
+    with pytest.raises(LaminaError, match="does not fit"):
+        lamina.train("classify", data=str(data), init=str(trained_run), model="resnet8", epochs=1,
+                     out=str(tmp_path / "y"), quiet=True)  # fmt: skip
+
+
+def test_train_resume_through_the_api_continues_the_same_run(image_folder, tmp_path, monkeypatch):
+    import signal
+
+    from lamina.tasks.classify import ClassifyTask
+
+    common = dict(data=str(image_folder), model="vgg-s", epochs=3, batch_size=8, quiet=True,
+                  sets=["data.image_size=16"])  # fmt: skip
+    lamina.train("classify", out=str(tmp_path / "full"), **common)
+
+    original, calls = ClassifyTask.step, {"n": 0}
+
+    def interrupted(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(ClassifyTask, "step", interrupted)
+    summary = lamina.train("classify", out=str(tmp_path / "cut"), **common)
+    assert summary["status"] == "interrupted"
+    assert json.loads((tmp_path / "cut" / "lamina.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(ClassifyTask, "step", original)
+    summary = lamina.train("classify", out=str(tmp_path / "cut"), resume=True, quiet=True)
+    assert summary["status"] == "complete"
+    a = ckpt.load_trainer(tmp_path / "full" / "trainer.pt")["model"]
+    b = ckpt.load_trainer(tmp_path / "cut" / "trainer.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_class_subset_and_per_class_limit(image_folder, tmp_path):
+    summary = lamina.train("classify", data=str(image_folder), epochs=1, batch_size=4, quiet=True,
+                           out=str(tmp_path / "sub"), sets=["data.classes=[2, 0]", "data.per_class=5",
+                                                             "data.val_fraction=0", "data.image_size=16"])  # fmt: skip
+    info = json.loads((tmp_path / "sub" / "lamina.json").read_text())
+    assert info["meta"]["classes"] == ["dots", "bars"]
+    assert info["meta"]["data"]["train"] == 10 and info["meta"]["data"]["val"] == 0
+    assert summary["status"] == "complete"

@@ -1,0 +1,145 @@
+"""The command line: every documented failure is one line on stderr and a non-zero exit, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lamina.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err, *fragments):
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("lamina: error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_models_lists_names_parameters_and_descriptions(capsys):
+    code, out, _ = run_cli(capsys, "models", "classify")
+    assert code == 0
+    assert "vgg-s" in out and "61,706" in out and "LeNet-5" in out
+    code, out, _ = run_cli(capsys, "models", "classify", "--json")
+    rows = json.loads(out)
+    assert {"name", "parameters", "description"} <= set(rows[0])
+
+
+@pytest.mark.parametrize(
+    "argv, code, fragments",
+    [
+        (["train", "nosuch"], 2, ["unknown task 'nosuch'", "classify"]),
+        (["train", "classify", "--model", "nope"], 2, ["unknown model 'nope'", "resnet18"]),
+        (["train", "classify", "--data", "imagenet"], 2, ["unknown dataset 'imagenet'", "fashion-mnist"]),
+        (["train", "classify", "--data", "./no/such/folder"], 1, ["does not exist"]),
+        (["train", "classify", "--set", "optim.lrr=1"], 2, ["unknown setting 'optim.lrr'"]),
+        (["train", "classify", "--epochs", "x"], 2, ["invalid int value"]),
+        (["train", "classify", "--resume"], 2, ["--resume needs --out"]),
+        (["evaluate", "./no/such/run"], 1, ["does not exist"]),
+        (["predict", "./no/such/run", "a.png"], 1, ["does not exist"]),
+        (["models", "nosuch"], 2, ["unknown task"]),
+        (["data", "prepare", "nosuch"], 2, ["unknown dataset"]),
+    ],
+)
+def test_usage_and_input_errors(capsys, argv, code, fragments):
+    got, _, err = run_cli(capsys, *argv)
+    assert got == code
+    assert_one_line_error(err, *fragments)
+
+
+def test_empty_data_folder(capsys, tmp_path):
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "train", "classify", "--data", tmp_path / "empty", "--out", tmp_path / "r")
+    assert code == 1
+    assert_one_line_error(err, "no class sub-folders with files")
+
+
+def test_unusable_run_directories(capsys, tmp_path, trained_run):
+    (tmp_path / "plain").mkdir()
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "plain")
+    assert code == 1
+    assert_one_line_error(err, "not a lamina run")
+
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "lamina.json").write_text(json.dumps({"task": "classify", "model": {"name": "vgg-s", "args": {}}}))
+    code, _, err = run_cli(capsys, "predict", incomplete, "x.png")
+    assert_one_line_error(err, "incomplete", "no model.safetensors")
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "lamina.json").write_text(json.dumps({"task": "lm", "model": {"name": "lstm", "args": {}}}))
+    code, _, err = run_cli(capsys, "train", "classify", "--init", other, "--out", tmp_path / "t")
+    assert code == 1
+    assert_one_line_error(err, "is a 'lm' run, not a 'classify' run")
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "lamina.json").write_text((trained_run / "lamina.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "evaluate", corrupt)
+    assert code == 1
+    assert_one_line_error(err, "cannot read weights")
+
+
+def test_existing_run_is_never_overwritten(capsys, trained_run):
+    code, _, err = run_cli(capsys, "train", "classify", "--out", trained_run)
+    assert code == 1
+    assert_one_line_error(err, "already holds a run", "--resume")
+
+
+def test_predict_reports_bad_files_and_goes_on(capsys, tmp_path, trained_run):
+    from PIL import Image
+
+    Image.new("L", (30, 30), 128).save(tmp_path / "grey.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "grey.png", tmp_path / "notes.txt",
+                             tmp_path / "missing.png", "--top-k", "2")  # fmt: skip
+    assert code == 1
+    assert "grey.png:" in out and out.count("%") == 2
+    assert err.count("lamina: error:") == 2 and "not a readable image" in err and "no such file" in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_json_is_one_object(capsys, tmp_path, trained_run):
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "eval", per_class=3)
+    code, out, _ = run_cli(capsys, "evaluate", trained_run, "--data", data, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["task"] == "classify" and result["n"] == 9 and "accuracy" in result["metrics"]
+
+
+def test_non_finite_loss_is_a_one_line_error(capsys, tmp_path, image_folder, monkeypatch):
+    from lamina.tasks.classify import ClassifyTask
+
+    original = ClassifyTask.step
+
+    def poisoned(self, model, batch):
+        out = original(self, model, batch)
+        out.loss = out.loss * float("inf")
+        return out
+
+    monkeypatch.setattr(ClassifyTask, "step", poisoned)
+    code, _, err = run_cli(capsys, "train", "classify", "--data", image_folder, "--epochs", "1", "--quiet",
+                           "--out", tmp_path / "nan")  # fmt: skip
+    assert code == 1
+    assert_one_line_error(err, "loss became", "training stopped")
+    assert json.loads((tmp_path / "nan" / "lamina.json").read_text())["status"] == "diverged"
+
+
+def test_python_dash_m_entry_point_has_no_traceback():
+    done = subprocess.run([sys.executable, "-m", "lamina", "train", "nosuch"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("lamina: error: unknown task") and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "lamina", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("lamina ")

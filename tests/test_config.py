@@ -1,0 +1,65 @@
+import pytest
+
+from lamina import config
+from lamina.errors import UsageError
+
+DEFAULTS = {"data.name": "fashion-mnist", "model.name": "vgg-s", "optim.lr": 0.2}
+
+
+def test_layers_apply_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.05\n  name: adamw\ntrain:\n  epochs: 3\nmodel:\n  name: mlp\n  hidden: [64]\n")
+    cfg = config.resolve(DEFAULTS, config_file=f, flags={"train.epochs": 5, "model.name": None},
+                         sets=["optim.lr=0.01", "model.dropout=0.5"])  # fmt: skip
+    assert cfg.optim.lr == 0.01  # --set beats flags beats file beats task defaults
+    assert cfg.optim.name == "adamw"  # from the file
+    assert cfg.train.epochs == 5  # flag beats file
+    assert cfg.model.name == "mlp"  # a flag left unset (None) does not override
+    assert cfg.model.args == {"hidden": [64], "dropout": 0.5}
+    assert cfg.data.name == "fashion-mnist"
+
+
+def test_round_trip_through_dict():
+    cfg = config.resolve(DEFAULTS, sets=["data.classes=[5, 6]", "model.width=8", "train.amp=off"])
+    again = config.from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_time_budget_alone_means_no_epoch_limit():
+    assert config.resolve(DEFAULTS, flags={"train.time_budget": 30}).train.epochs == 0
+    assert config.resolve(DEFAULTS, flags={"train.time_budget": 30, "train.epochs": 2}).train.epochs == 2
+    assert config.resolve(DEFAULTS).train.epochs == 10
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("optim.lrr=1", "unknown setting 'optim.lrr'"),
+        ("nosuch=1", "unknown setting"),
+        ("train.epochs=two", "not a valid int"),
+        ("train.epochs=1.5", "not a valid int"),
+        ("optim.name=rmsprop", "not one of"),
+        ("train.amp=maybe", "not one of"),
+        ("justtext", "expects key=value"),
+        ("optim.lr=-1", "--lr must be positive"),
+        ("train.freeze=true", "--freeze needs --init"),
+    ],
+)
+def test_bad_settings_are_one_line_usage_errors(assignment, message):
+    with pytest.raises(UsageError, match=message) as info:
+        config.resolve(DEFAULTS, sets=[assignment])
+    assert "\n" not in str(info.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("optim: [unclosed\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        config.resolve(DEFAULTS, config_file=f)
+    with pytest.raises(UsageError, match="does not exist"):
+        config.resolve(DEFAULTS, config_file=tmp_path / "missing.yaml")
+
+
+def test_booleans_and_lists_are_coerced():
+    cfg = config.resolve(DEFAULTS, sets=["data.flip=no", "data.classes=3", "train.channels_last=0"])
+    assert cfg.data.flip is False and cfg.data.classes == [3] and cfg.train.channels_last is False

@@ -1,0 +1,214 @@
+import json
+import math
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lamina import config
+from lamina.engine import checkpoint as ckpt
+from lamina.engine.device import Precision
+from lamina.engine.loop import NonFiniteLoss, StepOutput, Trainer
+from lamina.engine.optim import lr_factor
+
+
+class FixedBatches:
+    """The same few batches every epoch (a stand-in for a task's stream)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.n_samples = sum(len(b[1]) for b in batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def epoch(self, index, start=0):
+        yield from self.batches[start:]
+
+
+def classify_step(model, batch):
+    x, y = batch
+    logits = model(x)
+    return StepOutput(F.cross_entropy(logits, y), len(y), {"accuracy": (logits.argmax(1) == y).sum()})
+
+
+def make_cfg(**sets):
+    cfg = config.resolve({}, sets=[f"{k}={v}" for k, v in {"train.quiet": True, "train.amp": "off", **sets}.items()])
+    return cfg
+
+
+def test_overfits_one_small_batch(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    cfg = make_cfg(**{"train.epochs": 150, "optim.name": "adamw", "optim.lr": 0.01, "optim.weight_decay": 0,
+                      "optim.schedule": "constant"})  # fmt: skip
+    trainer = Trainer(model, classify_step, FixedBatches([(x, y)]), None, cfg, tmp_path, Precision(None, torch.device("cpu")))
+    result = trainer.fit()
+    assert result.status == "complete" and result.state.step == 150
+    assert F.cross_entropy(model(x), y).item() < 0.01
+    assert result.history[-1]["train_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_schedules_warm_up_and_anneal(schedule):
+    f = lr_factor(config.OptimConfig(schedule=schedule, warmup=0.2))
+    values = [f(p / 100) for p in range(101)]
+    assert max(values) == pytest.approx(1.0)
+    if schedule != "constant":
+        assert values[0] < 0.1 and values[-1] < 1e-6
+        assert values[20] == pytest.approx(1.0)
+
+
+def _tiny_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(8, 10, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(4)]
+    return FixedBatches(batches)
+
+
+def _model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(10, 32), nn.Dropout(0.2), nn.ReLU(), nn.Linear(32, 3))  # dropout: RNG must resume
+
+
+def _val(data):
+    def evaluate(model):
+        model.eval()
+        with torch.no_grad():
+            losses = [F.cross_entropy(model(x), y) for x, y in data.batches]
+        return {"loss": float(torch.stack(losses).mean())}
+
+    return evaluate
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    data = _tiny_problem()
+    cfg = make_cfg(**{"train.epochs": 5})
+    cpu = Precision(None, torch.device("cpu"))
+
+    full_model = _model()
+    Trainer(full_model, classify_step, data, _val(data), cfg, tmp_path / "full", cpu).fit()
+
+    calls = {"n": 0}
+
+    def interrupting_step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # mid-epoch: Ctrl-C arrives while step 7 runs
+            signal.raise_signal(signal.SIGINT)
+        return classify_step(model, batch)
+
+    first = Trainer(_model(), interrupting_step, data, _val(data), cfg, tmp_path / "cut", cpu)
+    result = first.fit()
+    assert result.status == "interrupted" and result.state.step == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    torch.manual_seed(123)  # whatever the RNG was doing in between must not matter
+    resumed_model = _model()
+    second = Trainer(resumed_model, classify_step, data, _val(data), cfg, tmp_path / "cut", cpu)
+    second.resume_from(ckpt.load_trainer(tmp_path / "cut" / ckpt.TRAINER_FILE))
+    result = second.fit()
+    assert result.status == "complete" and result.state.step == 20
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+    full_log = ckpt.read_jsonl(tmp_path / "full" / ckpt.METRICS_FILE)
+    cut_log = ckpt.read_jsonl(tmp_path / "cut" / ckpt.METRICS_FILE)
+    assert [r["val_loss"] for r in full_log] == [r["val_loss"] for r in cut_log]
+
+
+def test_keeps_the_best_weights_and_stops_early(tmp_path):
+    data = _tiny_problem()
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.4, 0.3])
+    cfg = make_cfg(**{"train.epochs": 6, "train.early_stop": 2})
+    model = _model()
+    snapshots = []
+
+    def evaluate(m):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"accuracy": next(scores)}
+
+    trainer = Trainer(model, classify_step, data, evaluate, cfg, tmp_path, Precision(None, torch.device("cpu")),
+                      monitor=("accuracy", "max"))  # fmt: skip
+    result = trainer.fit()
+    assert result.status == "early-stop" and len(snapshots) == 4
+    assert result.best_metrics == {"val_accuracy": 0.9}
+    best = ckpt.load_weights(tmp_path / ckpt.WEIGHTS_FILE)
+    for k, v in snapshots[1].items():
+        assert torch.equal(best[k], v) and torch.equal(model.state_dict()[k], v)  # restored in memory too
+
+
+def test_time_budget_stops_training_cleanly(tmp_path):
+    import time
+
+    data = _tiny_problem()
+
+    def slow_step(model, batch):
+        time.sleep(0.05)
+        return classify_step(model, batch)
+
+    cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 1.5})
+    started = time.monotonic()
+    result = Trainer(_model(), slow_step, data, _val(data), cfg, tmp_path, Precision(None, torch.device("cpu")),
+                     started=started).fit()  # fmt: skip
+    assert result.status == "time-budget"
+    assert time.monotonic() - started < 1.5
+    assert 5 <= result.state.step <= 30
+    assert (tmp_path / ckpt.WEIGHTS_FILE).is_file() and (tmp_path / ckpt.TRAINER_FILE).is_file()
+    assert result.history[-1]["step"] == result.state.step  # the final partial epoch was evaluated
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = _tiny_problem()
+    calls = {"n": 0}
+
+    def exploding_step(model, batch):
+        calls["n"] += 1
+        out = classify_step(model, batch)
+        if calls["n"] == 6:
+            out.loss = out.loss * float("nan")
+        return out
+
+    cfg = make_cfg(**{"train.epochs": 3})
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 6.*last good checkpoint \(step 4\)"):
+        Trainer(_model(), exploding_step, data, _val(data), cfg, tmp_path, Precision(None, torch.device("cpu"))).fit()
+    state = ckpt.load_trainer(tmp_path / ckpt.TRAINER_FILE)
+    assert state["state"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt.load_weights(tmp_path / ckpt.WEIGHTS_FILE).values())
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    x, y = torch.full((2, 4), 100.0), torch.zeros(2, 1)
+
+    def step(m, batch):
+        return StepOutput(F.mse_loss(m(batch[0]), batch[1]), 2)
+
+    cfg = make_cfg(**{"train.epochs": 1, "optim.grad_clip": 0.5, "optim.momentum": 0, "optim.lr": 1.0,
+                      "optim.weight_decay": 0, "optim.schedule": "constant"})  # fmt: skip
+    Trainer(model, step, FixedBatches([(x, y)]), None, cfg, tmp_path, Precision(None, torch.device("cpu"))).fit()
+    assert (model.weight.detach() - before).norm().item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "lamina.json"
+    ckpt.write_json(target, {"a": 1})
+
+    def failing(tmp):
+        tmp.write_text("partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        ckpt.atomic_write(target, failing)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["lamina.json"]  # no temporary file left behind
+
+
+def test_bf16_autocast_step_runs_on_cpu(tmp_path):
+    data = _tiny_problem()
+    cfg = make_cfg(**{"train.epochs": 1, "train.amp": "bf16"})
+    result = Trainer(_model(), classify_step, data, None, cfg, tmp_path,
+                     Precision(torch.bfloat16, torch.device("cpu"))).fit()  # fmt: skip
+    assert result.precision == "bf16" and math.isfinite(result.history[-1]["train_loss"])
