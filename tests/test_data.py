@@ -147,3 +147,14 @@ def test_load_image_converts_mode_and_size(tmp_path):
     with pytest.raises(LaminaError, match="not a readable image"):
         (tmp_path / "b.jpg").write_text("text")
         img.load_image(tmp_path / "b.jpg", 1, 12)
+
+
+def test_random_erasing_blanks_one_rectangle_per_chosen_image():
+    data = toy_set(n_per_class=16, classes=1)
+    data.images.fill_(200)
+    stream = img.ImageBatches(data, 16, [0.0], [1.0], torch.device("cpu"), train=True, erase=1.0)
+    out = stream.augment(data.images, torch.Generator().manual_seed(0))
+    for image in out:
+        ys, xs = torch.nonzero(image[0] != 200, as_tuple=True)
+        assert len(ys) >= 1  # something was erased (the fill is the mean, 0 here)
+        assert len(ys) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # ...and it is one rectangle

@@ -10,6 +10,7 @@ import time
 STARTED = time.monotonic()  # before torch is imported: `--time-budget` counts the whole command
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
@@ -83,8 +84,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     from lamina import api
 
     settings = {k: getattr(a, k) for k in api.SETTINGS if getattr(a, k, None) is not None}
-    summary = api.train(a.task, out=a.out, resume=a.resume, config_file=a.config, sets=a.set, started=STARTED,
-                        **settings)  # fmt: skip
+    # With --json, stdout carries only the summary object; progress lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        summary = api.train(a.task, out=a.out, resume=a.resume, config_file=a.config, sets=a.set, started=STARTED,
+                            **settings)  # fmt: skip
     if a.json:
         _print_json(summary)
     elif summary["status"] == "interrupted":

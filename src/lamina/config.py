@@ -29,6 +29,7 @@ class DataConfig:
     image_size: int = 0  # side of the square images fed to the model (0: the dataset's own, or automatic)
     flip: bool = True  # random horizontal flips in training
     crop_padding: int = 2  # random crops after zero padding by this many pixels (0: off)
+    erase: float = 0.0  # probability of random erasing per training image (0: off)
     tta: bool = True  # average predictions over the image and its mirror (when trained with flips)
 
 

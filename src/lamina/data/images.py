@@ -228,17 +228,18 @@ class ImageBatches:
 
     def __init__(self, data: ImageSet, batch_size: int, mean: list[float], std: list[float], device: torch.device,
                  train: bool = False, seed: int = 0, flip: bool = False, crop_padding: int = 0,
-                 channels_last: bool = False):  # fmt: skip
+                 erase: float = 0.0, channels_last: bool = False):  # fmt: skip
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.n_samples = len(data)
         self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.flip, self.pad = flip, crop_padding
+        self.flip, self.pad, self.erase = flip, crop_padding, erase
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         c = self.images.shape[1]
         self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
         self.inv_std = 1 / torch.tensor(std, device=device).view(1, c, 1, 1)
+        self.fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8, device=device).view(1, c, 1, 1)
 
     def __len__(self) -> int:
         if self.train and self.n_samples > self.batch_size:
@@ -262,7 +263,7 @@ class ImageBatches:
         return x.contiguous(memory_format=self.memory_format)
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random horizontal flips and padded random crops for a whole uint8 batch (B, C, H, W)."""
+        """Random flips, padded random crops and random erasing for a whole uint8 batch (B, C, H, W)."""
         B, C, H, W = x.shape
         if self.flip:
             mirror = (torch.rand(B, generator=gen) < 0.5).to(x.device)
@@ -277,4 +278,24 @@ class ImageBatches:
             batch = torch.arange(B, device=x.device).view(B, 1, 1, 1)
             chans = torch.arange(C, device=x.device).view(1, C, 1, 1)
             x = padded[batch, chans, rows, cols]  # (B, C, H, W): each image shifted by its own (dy, dx)
+        if self.erase > 0:
+            x = self._random_erase(x, gen)
         return x
+
+    def _random_erase(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Random erasing (Zhong et al. 2017): in a fraction of the images, fill a random rectangle
+        (2-25% of the area, aspect 0.3-3.3) with the mean colour, so no single region is relied on."""
+        B, C, H, W = x.shape
+        area = H * W * (0.02 + 0.23 * torch.rand(B, generator=gen))
+        aspect = torch.exp(torch.empty(B).uniform_(-1.2, 1.2, generator=gen))
+        h = (area * aspect).sqrt().round().clamp(1, H)
+        w = (area / aspect).sqrt().round().clamp(1, W)
+        y0 = (torch.rand(B, generator=gen) * (H - h + 1)).floor()
+        x0 = (torch.rand(B, generator=gen) * (W - w + 1)).floor()
+        chosen = torch.rand(B, generator=gen) < self.erase
+        box = torch.stack([y0, y0 + h, x0, x0 + w], 1).to(x.device).view(B, 4, 1, 1)
+        rows = torch.arange(H, device=x.device).view(1, H, 1)
+        cols = torch.arange(W, device=x.device).view(1, 1, W)
+        inside = (rows >= box[:, 0]) & (rows < box[:, 1]) & (cols >= box[:, 2]) & (cols < box[:, 3])  # (B, H, W)
+        inside &= chosen.to(x.device).view(B, 1, 1)
+        return torch.where(inside[:, None], self.fill, x)

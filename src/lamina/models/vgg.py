@@ -41,9 +41,14 @@ def vgg_s(**kwargs) -> ImageClassifier:
     return _vgg([[32], [64], [128]], **kwargs)
 
 
-@register_model("classify", "vgg-m", "VGG-style net: conv 64 | 128 128 | 256 256, pooled after each stage")
+@register_model("classify", "vgg-m", "VGG-style net: conv 32 32 | 64 64 | 128 128, pooled after each stage")
 def vgg_m(**kwargs) -> ImageClassifier:
-    return _vgg([[64], [128, 128], [256, 256]], **kwargs)
+    return _vgg([[32, 32], [64, 64], [128, 128]], **kwargs)
+
+
+@register_model("classify", "vgg-l", "VGG-style net: conv 64 64 | 128 128 | 256 256, pooled after each stage")
+def vgg_l(**kwargs) -> ImageClassifier:
+    return _vgg([[64, 64], [128, 128], [256, 256]], **kwargs)
 
 
 @register_model("classify", "vgg11", "VGG-11 layout with batch norm (64 | 128 | 256x2 | 512x2 | 512x2)")

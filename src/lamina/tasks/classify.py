@@ -33,46 +33,39 @@ class ClassifyTask(Task):
     datasets = DATASETS
 
     # ----- data ---------------------------------------------------------------------------------
-    def load_split(self, name: str, split: str, *, channels: int = 0, size: int = 0) -> img.ImageSet:
-        """One split ('train', 'val' or 'test') of a named dataset or a folder, before class filtering."""
+    def load_splits(self, name: str, *, channels: int = 0, size: int = 0) -> dict[str, img.ImageSet | None]:
+        """'train', 'val' and 'test' of a named dataset or a folder (None where there is no such split).
+
+        Without a val/ folder, validation is a stratified hold-out of the training images (data.val_fraction);
+        channels and size are the run's when given, otherwise read off the training images.
+        """
         d = self.cfg.data
         if name == "fashion-mnist":
-            if split == "test":
-                return img.fashion_mnist("test")
             train, val = img.stratified_split(img.fashion_mnist("train"), d.val_fraction)
-            return self._pick(train, val, split, name)
+            return {"train": train, "val": val, "test": img.fashion_mnist("test")}
         path = Path(name).expanduser()
         if not path.exists() and "/" not in name and not name.startswith("."):
             raise UsageError(f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a folder path")
         layout = img.folder_layout(path)
+        classes, items = img.scan_folder(layout["train"])
         if not channels:
-            classes, items = img.scan_folder(layout["train"])
             _, channels, auto_size = img.probe_images(items)
             size = d.image_size or auto_size
-        else:
-            classes = [p.name for p in img.class_folders(layout["train"])]
-        if split in layout and (split != "train" or "val" in layout):
-            return img.image_folder(layout[split], classes, channels, size, split)
-        if split == "test":
-            raise LaminaError(f"{path} has no test split (expected {path}/test/<class>/<image>)")
-        full = img.image_folder(layout["train"], classes, channels, size, "train")
-        train, val = img.stratified_split(full, d.val_fraction)
-        return self._pick(train, val, split, str(path))
+        load = {s: img.image_folder(folder, classes, channels, size, s) for s, folder in layout.items()}
+        if "val" not in load:
+            load["train"], load["val"] = img.stratified_split(load["train"], d.val_fraction)
+        return {"train": load["train"], "val": load["val"], "test": load.get("test")}
 
-    @staticmethod
-    def _pick(train: img.ImageSet, val: img.ImageSet | None, split: str, name: str) -> img.ImageSet:
-        if split == "val" and val is None:
-            raise LaminaError(f"{name} has no validation split (data.val_fraction is 0)")
-        return train if split == "train" else val
-
-    def filtered_split(self, name: str, split: str, *, channels: int = 0, size: int = 0) -> img.ImageSet:
-        """load_split, then the run's class selection (data.classes indexes the run's own dataset)."""
-        data = self.load_split(name, split, channels=channels, size=size)
-        return img.keep_classes(data, self.cfg.data.classes) if name == self.cfg.data.name else data
+    def _own_classes(self, name: str, data: img.ImageSet | None) -> img.ImageSet | None:
+        # data.classes holds class indices of the run's own dataset; other datasets are matched by name.
+        if data is None or name != self.cfg.data.name:
+            return data
+        return img.keep_classes(data, self.cfg.data.classes)
 
     def prepare(self) -> Prepared:
         d = self.cfg.data
-        train = img.limit_per_class(self.filtered_split(d.name, "train"), d.per_class)
+        splits = {k: self._own_classes(d.name, v) for k, v in self.load_splits(d.name).items()}
+        train = img.limit_per_class(splits["train"], d.per_class)
         if len(train) == 0:
             raise LaminaError(f"no training images left in {d.name} after data.classes / data.per_class")
         size = d.image_size or train.images.shape[-1]
@@ -80,8 +73,7 @@ class ClassifyTask(Task):
         mean, std = img.channel_stats(train.images)
         meta = {"classes": train.classes, "channels": int(train.images.shape[1]), "image_size": size,
                 "mean": mean, "std": std}  # fmt: skip
-        val = self._optional_split("val", meta)
-        test = self._optional_split("test", meta)
+        val, test = [align_classes(splits[s], train.classes, size) if splits[s] else None for s in ("val", "test")]
         source = FASHION_MNIST.locate() if d.name == "fashion-mnist" else Path(d.name).resolve()
         meta["data"] = {"name": d.name, "source": str(source or ""), "train": len(train),
                         "val": len(val) if val else 0, "test": len(test) if test else 0}  # fmt: skip
@@ -93,18 +85,6 @@ class ClassifyTask(Task):
             model_args={"in_channels": meta["channels"], "num_classes": len(meta["classes"]), "image_size": size},
         )
 
-    def _optional_split(self, split: str, meta: dict[str, Any]) -> img.ImageSet | None:
-        """The run's own val/test split, or None when its data has none."""
-        name = self.cfg.data.name
-        if split == "val" and self.cfg.data.val_fraction <= 0 and not (Path(name) / "val").is_dir():
-            return None
-        try:
-            return self.eval_split(meta, name, split)
-        except LaminaError:
-            if split == "test":
-                return None  # a folder without test/: nothing to report at the end of training
-            raise
-
     def eval_split(self, meta: dict[str, Any], name: str, split: str) -> img.ImageSet:
         """A split of any dataset, converted to a trained run's channels, size and class list.
 
@@ -112,10 +92,14 @@ class ClassifyTask(Task):
         """
         path = Path(name)
         if name != self.cfg.data.name and path.is_dir() and img.folder_layout(path) == {"train": path}:
-            classes = [p.name for p in img.class_folders(path)]
+            classes, _ = img.scan_folder(path)
             data = img.image_folder(path, classes, meta["channels"], meta["image_size"], split)
         else:
-            data = self.filtered_split(name, split, channels=meta["channels"], size=meta["image_size"])
+            data = self._own_classes(name, self.load_splits(name, channels=meta["channels"],
+                                                             size=meta["image_size"])[split])  # fmt: skip
+            if data is None:
+                hint = f" (expected {name}/{split}/<class>/<image>)" if split == "test" else " (data.val_fraction is 0)"
+                raise LaminaError(f"{name} has no {split} split{hint}")
         return align_classes(data, meta["classes"], meta["image_size"])
 
     def batches(self, data: img.ImageSet, meta: dict[str, Any], train: bool = False) -> img.ImageBatches:
@@ -123,7 +107,7 @@ class ClassifyTask(Task):
         return img.ImageBatches(
             data, t.batch_size if train else max(t.batch_size, 512), meta["mean"], meta["std"], self.device,
             train=train, seed=t.seed, flip=d.flip and train, crop_padding=d.crop_padding if train else 0,
-            channels_last=t.channels_last,
+            erase=d.erase if train else 0.0, channels_last=t.channels_last,
         )  # fmt: skip
 
     # ----- model --------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""Helpers shared by the benchmarks: the machine, timed CLI runs, and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> dict[str, str]:
+    import torch
+    import torchvision
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    return {
+        "cpu": f"{cpu} ({', '.join(features) or 'no AVX-512'})",
+        "cores": str(os.cpu_count()),
+        "threads": str(torch.get_num_threads()),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+
+
+def run_lamina(args: list[str], log: Path | None = None) -> dict:
+    """Run `lamina ...` as its own process; return its --json summary plus wall seconds and peak RSS."""
+    command = [sys.executable, "-m", "lamina", *args]
+    start = time.perf_counter()
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=out, text=True)
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory, not the maximum over all children
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"lamina {' '.join(args)} failed with exit code {proc.returncode}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    summary["wall_s"] = round(wall, 1)
+    summary["peak_rss_mib"] = round(usage.ru_maxrss / 1024)  # Linux reports KiB
+    return summary
+
+
+def command_line(args: list[str]) -> str:
+    return "lamina " + " ".join(shlex.quote(a) for a in args)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def append_section(title: str, command: str, body: str) -> None:
+    """Append one dated section to RESULTS.md: what was run, where, and what it gave."""
+    m = machine()
+    header = (
+        f"\n## {title}\n\n"
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, GPU: {m['gpu']}\n"
+        f"- versions: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}\n"
+        f"- command: `{command}`\n\n"
+    )
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nEvery figure here was produced by the command above it.\n")
+    with open(RESULTS, "a") as f:
+        f.write(header + body.rstrip() + "\n")
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
