@@ -122,3 +122,52 @@ def test_class_subset_and_per_class_limit(image_folder, tmp_path):
     assert info["meta"]["classes"] == ["dots", "bars"]
     assert info["meta"]["data"]["train"] == 10 and info["meta"]["data"]["val"] == 0
     assert summary["status"] == "complete"
+
+
+def test_run_directory_rules(image_folder, tmp_path, trained_run):
+    common = dict(data=str(image_folder), epochs=1, batch_size=8, quiet=True, sets=["data.image_size=16"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LaminaError, match="is a file"):
+        lamina.train("classify", out=str(tmp_path / "file"), **common)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(LaminaError, match="other files in it"):
+        lamina.train("classify", out=str(tmp_path / "busy"), **common)
+    # A run that died before its first checkpoint (only lamina.json) is simply started again.
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "lamina.json").write_text(json.dumps({"task": "classify", "model": {"name": "vgg-s", "args": {}},
+                                                  "status": "training"}))  # fmt: skip
+    assert lamina.train("classify", out=str(dead), **common)["status"] == "complete"
+
+
+def test_resume_refuses_changed_data_settings(image_folder, tmp_path):
+    out = str(tmp_path / "run")
+    lamina.train("classify", data=str(image_folder), epochs=1, batch_size=8, quiet=True, out=out,
+                 sets=["data.image_size=16"])  # fmt: skip
+    with pytest.raises(LaminaError, match="cannot change train.batch_size"):
+        lamina.train("classify", out=out, resume=True, batch_size=4)
+    (image_folder / "bars" / "bars_000.png").unlink()
+    with pytest.raises(LaminaError, match="data of .* changed"):
+        lamina.train("classify", out=out, resume=True, epochs=2, quiet=True)
+
+
+def test_a_gpu_fp16_run_loads_on_the_cpu(trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "fp16"
+    shutil.copytree(trained_run, copy)
+    info = json.loads((copy / "lamina.json").read_text())
+    info["config"]["train"]["amp"] = "fp16"
+    (copy / "lamina.json").write_text(json.dumps(info))
+    assert lamina.load(copy, device="cpu").task.precision.dtype in (None, torch.bfloat16)
+
+
+def test_relative_data_paths_are_saved_absolute(image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(image_folder.parent)
+    lamina.train("classify", data=image_folder.name, epochs=1, batch_size=8, quiet=True, out=str(tmp_path / "r"),
+                 sets=["data.image_size=16"])  # fmt: skip
+    saved = json.loads((tmp_path / "r" / "lamina.json").read_text())["config"]["data"]["name"]
+    assert saved == str(image_folder.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert lamina.evaluate(tmp_path / "r", split="val")["n"] > 0  # found from another working directory

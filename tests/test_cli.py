@@ -143,3 +143,31 @@ def test_python_dash_m_entry_point_has_no_traceback():
     assert done.stderr.startswith("lamina: error: unknown task") and "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, "-m", "lamina", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("lamina ")
+
+
+def test_data_list_and_prepare(capsys):
+    from lamina.data.sources import FASHION_MNIST
+
+    code, out, _ = run_cli(capsys, "data", "list")
+    assert code == 0 and "fashion-mnist" in out
+    assert ("here:" in out) == (FASHION_MNIST.locate() is not None)
+    if FASHION_MNIST.locate() is None:
+        code, _, err = run_cli(capsys, "data", "prepare", "fashion-mnist")
+        assert code == 1
+        assert_one_line_error(err, "apt-get install dataset-fashion-mnist")
+    else:
+        code, out, _ = run_cli(capsys, "data", "prepare", "fashion-mnist")
+        assert code == 0 and "verified" in out
+
+
+def test_unexpected_exceptions_are_one_line_too(capsys, monkeypatch):
+    import lamina.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(cli.COMMANDS, "models", broken)
+    monkeypatch.delenv("LAMINA_DEBUG", raising=False)
+    code, _, err = run_cli(capsys, "models")
+    assert code == 1
+    assert err.strip() == "lamina: internal error: ZeroDivisionError: division by zero (set LAMINA_DEBUG=1 for the traceback)"

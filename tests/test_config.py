@@ -63,3 +63,27 @@ def test_bad_yaml_file(tmp_path):
 def test_booleans_and_lists_are_coerced():
     cfg = config.resolve(DEFAULTS, sets=["data.flip=no", "data.classes=3", "train.channels_last=0"])
     assert cfg.data.flip is False and cfg.data.classes == [3] and cfg.train.channels_last is False
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    ["train.epochs=inf", "train.time_budget=nan", "train.time_budget=.inf", "train.label_smoothing=1.5",
+     "data.crop_padding=-1", "optim.momentum=1", "optim.weight_decay=-0.1", "data.image_size=-3",
+     "train.eval_every=-1", "train.early_stop=-2", "data.erase=2", "model.args=foo"],
+)
+def test_out_of_range_values_are_refused(assignment):
+    with pytest.raises(UsageError) as info:
+        config.resolve(DEFAULTS, sets=[assignment])
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_words_that_look_boolean_stay_words():
+    cfg = config.resolve(DEFAULTS, sets=["train.amp=off", "data.name=yes", "data.flip=off"])
+    assert cfg.train.amp == "off" and cfg.data.name == "yes" and cfg.data.flip is False
+
+
+def test_non_utf8_config_file(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("optim:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="not UTF-8"):
+        config.resolve(DEFAULTS, config_file=f)

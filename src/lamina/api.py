@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -82,7 +83,9 @@ def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> 
     info = ckpt.read_run(run_dir, task=task)
     cfg = config_mod.from_dict(info.get("config", {}))
     dev = resolve_device(device)
-    task_obj = get_task(info["task"])(cfg, dev, Precision(resolve_amp(cfg.train.amp, dev), dev))
+    # A run trained with fp16 on a GPU is still usable here: inference picks what this device does well.
+    amp = "auto" if cfg.train.amp == "fp16" and dev.type != "cuda" else cfg.train.amp
+    task_obj = get_task(info["task"])(cfg, dev, Precision(resolve_amp(amp, dev), dev))
     model = _build(task_obj, info["model"]["name"], info["model"]["args"], dev)
     try:
         model.load_state_dict(ckpt.load_weights(run_dir / ckpt.WEIGHTS_FILE, dev))
@@ -104,19 +107,33 @@ def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **op
 
 
 def _new_run_dir(out: str | Path | None, cfg: RunConfig) -> Path:
-    """--out if given (refusing to overwrite a run), else runs/<task>-<data>-<model>[-N]."""
-    if out is not None:
-        out = Path(out)
-        if (out / ckpt.RUN_FILE).exists():
+    """--out if given (refusing to overwrite anything), else runs/<task>-<data>-<model>[-N]."""
+    if out is None:
+        data = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.name.rstrip("/")).name) or "data"
+        base = Path("runs") / f"{cfg.task}-{data}-{cfg.model.name}"
+        out, n = base, 1
+        while out.exists():
+            n += 1
+            out = base.with_name(f"{base.name}-{n}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LaminaError(f"--out {out} is a file, not a run directory")
+    if (out / ckpt.RUN_FILE).exists():
+        if (out / ckpt.WEIGHTS_FILE).exists() or (out / ckpt.TRAINER_FILE).exists():
             raise LaminaError(f"{out} already holds a run; continue it with --resume or choose another --out")
-        return out
-    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.name.rstrip("/")).name) or "data"
-    base = Path("runs") / f"{cfg.task}-{data}-{cfg.model.name}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+        # A run that died before its first checkpoint holds nothing worth keeping: start it afresh.
+        for name in (ckpt.RUN_FILE, ckpt.METRICS_FILE):
+            (out / name).unlink(missing_ok=True)
+    if out.is_dir() and any(out.iterdir()):
+        raise LaminaError(f"--out {out} is a folder with other files in it; choose a new or empty folder")
+    parent = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not os.access(parent, os.W_OK):  # find out now, not after minutes of data loading
+        raise LaminaError(f"cannot create run directory {out}: {parent} is not writable")
+    return out
+
+
+# Settings that decide the data order, the model or the optimizer: a resumed run must keep them.
+FIXED_ON_RESUME = ("data.", "model.", "train.batch_size", "train.seed", "train.init", "train.freeze", "optim.name")
 
 
 def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags, sets) -> tuple[RunConfig, Path]:
@@ -126,6 +143,11 @@ def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags,
         info = ckpt.read_run(out, task=task_cls.name, need_weights=False)
         base = config_mod.from_dict(info.get("config", {}))
         cfg = config_mod.resolve(task_cls.defaults, base=base, config_file=config_file, flags=flags, sets=sets)
+        before, after = config_mod.flatten(base.to_dict()), config_mod.flatten(cfg.to_dict())
+        changed = sorted(k for k in set(before) | set(after)
+                         if k.startswith(FIXED_ON_RESUME) and before.get(k) != after.get(k))  # fmt: skip
+        if changed:
+            raise UsageError(f"cannot change {', '.join(changed)} when resuming; start a new run instead")
         return cfg, Path(out)
     cfg = config_mod.resolve(task_cls.defaults, config_file=config_file, flags=flags, sets=sets)
     if cfg.train.init:
@@ -136,7 +158,19 @@ def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags,
         inherited.update({f"model.{k}": v for k, v in init["model"]["args"].items() if k not in fixed})
         cfg = config_mod.resolve({**task_cls.defaults, **inherited}, config_file=config_file, flags=flags, sets=sets)
     cfg.task = task_cls.name
+    cfg.data.name = task_cls.normalise_data(cfg.data.name)
     return cfg, _new_run_dir(out, cfg)
+
+
+def _check_same_data(run_dir: Path, meta: dict[str, Any]) -> None:
+    """Resuming on different data would silently change the data order and normalisation."""
+    saved = ckpt.read_run(run_dir, need_weights=False).get("meta", {})
+    keys = ("classes", "channels", "image_size", "mean", "std")
+    differ = [k for k in keys if k in saved and saved[k] != meta.get(k)]
+    counts = {k: v for k, v in saved.get("data", {}).items() if k in ("train", "val", "test")}
+    if differ or any(meta.get("data", {}).get(k) != v for k, v in counts.items()):
+        raise LaminaError(f"the data of {run_dir} changed since the run started "
+                          f"({', '.join(differ) or 'number of images'}); resume needs the same data")  # fmt: skip
 
 
 def train(task: str, *, out: str | Path | None = None, resume: bool = False, config_file: str | Path | None = None,
@@ -168,7 +202,6 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
     elif cfg.train.freeze:
         model.freeze_features()  # resuming a frozen transfer run: the weights come from trainer.pt
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     info = {
         "format": ckpt.FORMAT_VERSION,
         "task": task_cls.name,
@@ -179,22 +212,31 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
         "versions": ckpt.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if resume:
+        _check_same_data(run_dir, prepared.meta)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaminaError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
     ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
 
     val, test = prepared.val, prepared.test
     trainer = Trainer(
-        model, task_obj.step, prepared.train, (lambda m: task_obj.evaluate(m, val)) if val else None, cfg, run_dir,
-        precision, monitor=task_cls.monitor, started=started, reserve_samples=test.n_samples if test else 0,
-        val_samples=val.n_samples if val else 0,
+        model, task_obj.step, prepared.train, (lambda m: task_obj.evaluate(m, val, tta=False)) if val else None,
+        cfg, run_dir, precision, monitor=task_cls.monitor, started=started,
+        reserve_passes=test.n_samples * task_obj.views() if test else 0, val_samples=val.n_samples if val else 0,
     )  # fmt: skip
     if saved is not None:
         trainer.resume_from(saved)
     try:
         result = trainer.fit()
-    except NonFiniteLoss:
-        info["status"] = "diverged"
+    except (NonFiniteLoss, torch.OutOfMemoryError) as exc:
+        info["status"] = "diverged" if isinstance(exc, NonFiniteLoss) else "failed"
         ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
-        raise
+        if isinstance(exc, NonFiniteLoss):
+            raise
+        raise LaminaError(f"out of memory on {device} (batch size {cfg.train.batch_size}); "
+                          "try a smaller --batch-size") from None  # fmt: skip
 
     summary: dict[str, Any] = {"run": str(run_dir), "status": result.status, "steps": result.state.step,
                                "epochs": round(result.state.samples / max(prepared.train.n_samples, 1), 3),

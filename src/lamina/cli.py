@@ -12,10 +12,12 @@ STARTED = time.monotonic()  # before torch is imported: `--time-budget` counts t
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
-from lamina.errors import LaminaError, UsageError
+from lamina.config import CHOICES  # noqa: E402  (config imports no torch)
+from lamina.errors import LaminaError, UsageError  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lamina", description="Train, evaluate, inspect and use deep networks.")
+    p = _Parser(prog="lamina", description="Train, evaluate and use deep networks.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -36,11 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop in time to evaluate and save")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--optimizer", choices=["sgd", "adamw"])
-    t.add_argument("--schedule", choices=["constant", "cosine", "onecycle"])
+    t.add_argument("--optimizer", choices=CHOICES["optim.name"])
+    t.add_argument("--schedule", choices=CHOICES["optim.schedule"])
     t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (auto: where it pays)")
+    t.add_argument("--device", choices=CHOICES["train.device"])
+    t.add_argument("--amp", choices=CHOICES["train.amp"], help="mixed precision (auto: where the hardware has it)")
     t.add_argument("--out", help="run directory (default: runs/TASK-DATA-MODEL[-N])")
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     t.add_argument("--init", metavar="RUN", help="start from RUN's trained backbone, with a new head")
@@ -54,14 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--data", help="dataset name or path (default: the run's own)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="predict labels for inputs (images for classify)")
     pr.add_argument("run")
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--top-k", type=int, default=5)
-    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pr.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     pr.add_argument("--json", action="store_true")
 
     m = sub.add_parser("models", help="list models: names, parameter counts, descriptions")
@@ -164,22 +166,22 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
-    from lamina.data.sources import FASHION_MNIST
+    from lamina.data.sources import SOURCES
     from lamina.tasks import TASKS
 
-    sources = {"fashion-mnist": FASHION_MNIST}
     if a.data_command == "prepare":
-        if a.name not in sources:
-            raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(sources))}")
-        source = sources[a.name]
+        if a.name not in SOURCES:
+            raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(SOURCES))}")
+        source = SOURCES[a.name]
         for file in source.files:
             source.read(file)  # locates or downloads, then verifies the SHA-256
         print(f"{a.name}: verified in {source.locate()}")
         return 0
     for task_cls in TASKS.values():
         for name, description in task_cls.datasets.items():
-            where = sources[name].locate() if name in sources else None
-            state = f"here: {where}" if where else f"missing: {sources[name].install_hint}"
+            source = SOURCES.get(name)
+            where = source.locate() if source else None
+            state = f"here: {where}" if where else f"missing: {source.install_hint}" if source else "built in"
             print(f"{task_cls.name:10s} {name:16s} {description}\n{'':27s} {state}")
     print("any task also takes --data PATH (classify: a folder of class sub-folders of images)")
     return 0
@@ -210,6 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         print("lamina: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as exc:  # disk full, permission denied, ...: the user's environment, said in one line
+        print(f"lamina: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, with the way to the full traceback
+        if os.environ.get("LAMINA_DEBUG"):
+            raise
+        print(f"lamina: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(set LAMINA_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1
 
 

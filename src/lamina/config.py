@@ -9,6 +9,7 @@ The resolved configuration is saved in the run directory and is what ``--resume`
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -122,6 +123,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads off/no/yes as booleans; keep the word, the field's type decides
     return key.strip(), value
 
 
@@ -130,7 +133,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise UsageError(f"config file {path} is not valid YAML: {problem}") from None
@@ -163,17 +168,17 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 raise ValueError
             return int(float(value))
         if hint is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
             return float(value)
         if hint is str:
-            if isinstance(value, bool):  # YAML 1.1 reads a bare `off`/`on` as a boolean
+            if isinstance(value, bool) and key in CHOICES:  # `amp: off` in a YAML file arrives as False
                 return "on" if value else "off"
             return "" if value is None else str(value)
         if origin is list:
             items = value if isinstance(value, (list, tuple)) else [value]
             return [_coerce(key, v, args[0]) for v in items]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value
@@ -194,8 +199,13 @@ def apply(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         if section not in SECTIONS or not name:
             raise UsageError(f"unknown setting {key!r}; valid settings: {choices(valid_keys())}")
         target = getattr(config, section)
-        if section == "model" and name not in ("name", "args"):
-            config.model.args[name] = value
+        if section == "model" and name != "name":
+            if name == "args":
+                if not isinstance(value, dict):
+                    raise UsageError("model.args must be a mapping; set one option with model.<option>=value")
+                config.model.args.update(value)
+            else:
+                config.model.args[name] = value
             continue
         declared = typing.get_type_hints(type(target))
         if name not in declared:
@@ -245,18 +255,28 @@ def resolve(
 
 
 def check(config: RunConfig) -> None:
+    """Ranges the types alone do not enforce; each violation is one line naming the setting."""
     t, o, d = config.train, config.optim, config.data
     if t.epochs < 0 or (t.epochs == 0 and t.time_budget <= 0):
         raise UsageError("give a positive number of epochs or a time budget (--epochs N or --time-budget S)")
-    if t.time_budget < 0:
-        raise UsageError("--time-budget must be positive")
-    if t.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if o.lr <= 0:
-        raise UsageError("--lr must be positive")
-    if not 0 <= d.val_fraction < 1:
-        raise UsageError("data.val_fraction must be in [0, 1)")
-    if not 0 <= o.warmup < 1:
-        raise UsageError("optim.warmup must be in [0, 1)")
-    if t.freeze and not t.init:
-        raise UsageError("--freeze needs --init RUN (a trained network to freeze)")
+    rules = [
+        (t.time_budget >= 0, "--time-budget must be positive"),
+        (t.batch_size >= 1, "--batch-size must be at least 1"),
+        (o.lr > 0, "--lr must be positive"),
+        (0 <= o.momentum < 1, "optim.momentum must be in [0, 1)"),
+        (o.weight_decay >= 0, "optim.weight_decay must not be negative"),
+        (0 <= o.warmup < 1, "optim.warmup must be in [0, 1)"),
+        (o.grad_clip >= 0, "optim.grad_clip must not be negative (0: no clipping)"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (t.eval_every >= 0, "train.eval_every must not be negative (0: every epoch)"),
+        (t.early_stop >= 0, "train.early_stop must not be negative (0: never)"),
+        (0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
+        (d.per_class >= 0, "data.per_class must not be negative (0: all)"),
+        (d.image_size >= 0, "data.image_size must not be negative (0: automatic)"),
+        (d.crop_padding >= 0, "data.crop_padding must not be negative (0: off)"),
+        (0 <= d.erase <= 1, "data.erase must be a probability in [0, 1]"),
+        (not t.freeze or bool(t.init), "--freeze needs --init RUN (a trained network to freeze)"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UsageError(message)

@@ -23,6 +23,8 @@ from lamina.errors import LaminaError, warn
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+# What PIL raises for files that are not (complete, sane) images; DecompressionBombError is not an OSError.
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 MAX_AUTO_SIZE = 64
 
@@ -76,7 +78,7 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
         raise LaminaError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise LaminaError(f"{path}: is a folder, not an image") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UNREADABLE as exc:
         raise LaminaError(f"{path}: not a readable image ({str(exc).splitlines()[0][:120]})") from None
     array = np.asarray(img, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
@@ -113,24 +115,21 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-def probe_images(items: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int]], int, int]:
-    """Read headers only: keep readable images, choose channels (1 if all grey) and a square size."""
-    readable, sizes, colour, bad = [], [], False, []
-    for path, label in items:
+def probe_images(items: list[tuple[Path, int]]) -> tuple[int, int]:
+    """Read headers only: channels (1 if every image is grey, else 3) and a square side (the median
+    shorter side, at most 64). Unreadable files are left to image_folder, which skips and reports them."""
+    sizes, colour = [], False
+    for path, _ in items:
         try:
             with Image.open(path) as img:
                 mode, size = img.mode, img.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            bad.append(f"{path.name}: {str(exc).splitlines()[0][:80]}")
+        except UNREADABLE:
             continue
-        readable.append((path, label))
         sizes.append(min(size))
         colour |= mode not in GREY_MODES
-    if bad:
-        warn(f"skipped {len(bad)} file(s) that are not readable images, e.g. {bad[0]}")
-    if not readable:
-        raise LaminaError("no readable images in the data folder")
-    return readable, 3 if colour else 1, min(MAX_AUTO_SIZE, int(np.median(sizes)))
+    if not sizes:
+        raise LaminaError(f"no readable images in {items[0][0].parent.parent}")
+    return 3 if colour else 1, min(MAX_AUTO_SIZE, int(np.median(sizes)))
 
 
 def image_folder(root: Path, classes: list[str], channels: int, size: int, split_name: str) -> ImageSet:
@@ -157,19 +156,21 @@ def image_folder(root: Path, classes: list[str], channels: int, size: int, split
 
 
 # ----- splits and subsets ----------------------------------------------------------------------
-def _rank(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()
+def _members_in_hash_order(data: ImageSet, c: int) -> list[int]:
+    """Indices of class c, ordered by a hash of each image's key: a fixed order that does not depend on
+    the run's seed or on the order files were listed, so splits and subsets are the same every time."""
+    members = torch.nonzero(data.labels == c).flatten().tolist()
+    return sorted(members, key=lambda i: hashlib.sha1(data.keys[i].encode()).hexdigest())
 
 
 def stratified_split(data: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet | None]:
-    """Hold out `fraction` of every class, chosen by a hash of each image's key: the same images every
-    time, independent of the run's seed, so runs with different seeds validate on the same images."""
+    """Hold out `fraction` of every class (at least one image, never the last one) for validation."""
     if fraction <= 0:
         return data, None
     train_idx, val_idx = [], []
     for c in range(len(data.classes)):
-        members = sorted(torch.nonzero(data.labels == c).flatten().tolist(), key=lambda i: _rank(data.keys[i]))
-        n_val = max(1, int(round(fraction * len(members)))) if len(members) > 1 else 0  # small classes too
+        members = _members_in_hash_order(data, c)
+        n_val = min(max(1, round(fraction * len(members))), len(members) - 1) if len(members) > 1 else 0
         val_idx += members[:n_val]
         train_idx += members[n_val:]
     if not val_idx:
@@ -191,13 +192,10 @@ def keep_classes(data: ImageSet, classes: list[int] | None) -> ImageSet:
 
 
 def limit_per_class(data: ImageSet, per_class: int) -> ImageSet:
-    """At most `per_class` images of each class (the same ones every time: lowest key hash first)."""
+    """At most `per_class` images of each class (the same ones every time)."""
     if per_class <= 0:
         return data
-    chosen = []
-    for c in range(len(data.classes)):
-        members = sorted(torch.nonzero(data.labels == c).flatten().tolist(), key=lambda i: _rank(data.keys[i]))
-        chosen += members[:per_class]
+    chosen = [i for c in range(len(data.classes)) for i in _members_in_hash_order(data, c)[:per_class]]
     return data.select(sorted(chosen))
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
-import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class FileSet:
         path = folder / file
         try:
             data = gzip.decompress(path.read_bytes())
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise LaminaError(f"{path} is corrupt ({exc}); reinstall it: {self.install_hint}") from None
         if sha256_bytes(data) != self.files[file]:
             raise LaminaError(f"{path} does not hold the expected {self.name} data (SHA-256 mismatch); "
@@ -76,22 +77,19 @@ class FileSet:
             if (target / file).is_file():
                 continue
             url = self.mirror.rstrip("/") + "/" + file
+            tmp = target / f".{file}.part"
             try:
-                with urllib.request.urlopen(url, timeout=60) as response, tempfile.NamedTemporaryFile(
-                    dir=target, delete=False
-                ) as tmp:
-                    shutil.copyfileobj(response, tmp)
-            except OSError as exc:
+                with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                    shutil.copyfileobj(response, out)
+                ok = sha256_bytes(gzip.decompress(tmp.read_bytes())) == expected
+            except (OSError, EOFError, zlib.error, http.client.HTTPException) as exc:
+                tmp.unlink(missing_ok=True)
                 raise LaminaError(f"{self.name} is not on this machine and downloading {url} failed ({exc}); "
                                   f"install it with: {self.install_hint}") from None  # fmt: skip
-            try:
-                ok = sha256_bytes(gzip.decompress(Path(tmp.name).read_bytes())) == expected
-            except (OSError, EOFError):
-                ok = False
             if not ok:
-                Path(tmp.name).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise LaminaError(f"downloaded {url} does not match the expected SHA-256; not using it")
-            os.replace(tmp.name, target / file)
+            os.replace(tmp, target / file)
         return target
 
 
@@ -108,3 +106,6 @@ FASHION_MNIST = FileSet(
     install_hint="sudo apt-get install dataset-fashion-mnist",
     description="Zalando's 70,000 28x28 grey images of clothing in 10 classes (60,000 train, 10,000 test)",
 )
+
+
+SOURCES = {FASHION_MNIST.name: FASHION_MNIST}  # named datasets that come as files

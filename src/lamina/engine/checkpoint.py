@@ -69,7 +69,8 @@ def save_trainer(path: Path, state: dict[str, Any]) -> None:
 
 def load_trainer(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise LaminaError(f"{path.parent} has no {TRAINER_FILE}: nothing to resume (it finished or never started)")
+        raise LaminaError(f"{path.parent} has no {TRAINER_FILE}: training stopped before its first checkpoint; "
+                          "start it again without --resume")  # fmt: skip
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -24,11 +24,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), where autocast pays off."""
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def cuda_has_bf16() -> bool:
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and newer
+    except TypeError:  # older torch: no emulation argument, and no emulation either
+        return torch.cuda.is_bf16_supported()
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -43,7 +48,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     # auto: bf16 where the hardware has it, fp16 on older GPUs, fp32 elsewhere.
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_bf16() else torch.float16
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None

@@ -34,25 +34,30 @@ class Progress:
         self._last = 0.0
         self._width = 0
 
-    def start(self, label: str, total: int) -> None:
-        self.label, self.total = label, total
+    def start(self, label: str, total: int, done: int = 0) -> None:
+        """A new bar for `total` batches, `done` of them already behind (a resumed epoch)."""
+        self.label, self.total, self.done, self.samples = label, total, done, 0
+        self.first = done
         self.t0 = time.perf_counter()
         self._last = 0.0
 
-    def update(self, done: int, samples: int, loss: float, force: bool = False) -> None:
+    def update(self, done: int, samples: int, loss: float) -> None:
+        """`done` batches of the epoch are finished; the last one had `samples` samples and this loss."""
+        self.done = done
+        self.samples += samples
         if not self.enabled:
             return
         now = time.perf_counter()
-        if not force and now - self._last < self.min_interval:
+        if now - self._last < self.min_interval and done < self.total:
             return
         self._last = now
         elapsed = max(now - self.t0, 1e-9)
-        frac = done / max(self.total, 1)
-        eta = elapsed / frac - elapsed if frac > 0 else 0.0
-        filled = int(24 * frac)
+        rate = (done - self.first) / elapsed  # batches/s in this session
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        filled = int(24 * done / max(self.total, 1))
         line = (
             f"{self.label} [{'#' * filled}{'.' * (24 - filled)}] {done}/{self.total}"
-            f"  loss {loss:.4f}  {samples / elapsed:,.0f} samples/s  eta {format_seconds(eta)}"
+            f"  loss {loss:.4f}  {self.samples / elapsed:,.0f} samples/s  eta {format_seconds(eta)}"
         )
         self.stream.write("\r" + line.ljust(self._width))
         self._width = len(line)

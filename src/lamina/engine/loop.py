@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from lamina.engine.device import Precision
 from lamina.engine.log import Progress, format_metrics, format_seconds, say
 from lamina.engine.optim import build_optimizer, lr_factor, set_lr
 from lamina.errors import LaminaError
+
+FINISHING_SECONDS = 1.0  # kept free at the end of a time budget for saving, plotting and writing the summary
 
 
 @dataclass
@@ -50,7 +53,7 @@ class TrainState:
     batch: int = 0  # next batch within the current epoch
     samples: int = 0
     elapsed: float = 0.0  # seconds of the run so far (earlier sessions included), for the time budget
-    best: float | None = None  # best monitored value so far
+    best: float | None = None  # best validation value of the monitored metric
     best_step: int = 0
     evals_since_best: int = 0
 
@@ -59,15 +62,49 @@ class NonFiniteLoss(LaminaError):
     pass
 
 
+class Meter:
+    """Training loss and counts summed since the last evaluation; saved with checkpoints, so that a
+    resumed run logs exactly what the uninterrupted one would have."""
+
+    def __init__(self):
+        self.loss_sum, self.n, self.sums, self.steps = torch.zeros(()), 0, {}, 0
+
+    def add(self, out: StepOutput) -> None:
+        loss = out.loss.detach().float()
+        self.loss_sum = self.loss_sum.to(loss.device) + loss * out.n  # stays on the device: no sync per step
+        self.n += out.n
+        self.steps += 1
+        for k, v in out.sums.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach()
+
+    def mean_loss(self) -> float:
+        return self.loss_sum.item() / max(self.n, 1)
+
+    def means(self) -> dict[str, float]:
+        return {f"train_{k}": float(v) / max(self.n, 1) for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors as they are (dtype included): the resumed sums continue bit for bit.
+        return {"loss_sum": self.loss_sum.cpu(), "n": self.n, "steps": self.steps,
+                "sums": {k: torch.as_tensor(v).cpu() for k, v in self.sums.items()}}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum, self.n, self.steps = state["loss_sum"], state["n"], state["steps"]
+        self.sums = dict(state["sums"])  # 0-dim CPU tensors combine with tensors on any device
+
+
 class _Interrupt:
-    """First Ctrl-C asks the loop to stop after the current step and save; a second one aborts at once."""
+    """First Ctrl-C asks the loop to stop after the current step and save; a second one aborts at once.
+    Signal handlers exist only in the main thread; elsewhere (a server's worker) this does nothing."""
 
     def __init__(self):
         self.requested = False
+        self._active = threading.current_thread() is threading.main_thread()
 
     def __enter__(self):
-        self._previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._handle)
+        if self._active:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -75,7 +112,8 @@ class _Interrupt:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        if self._active:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass
@@ -91,23 +129,26 @@ class Trainer:
     def __init__(self, model: nn.Module, step_fn: Callable[[nn.Module, Any], StepOutput], train: BatchStream,
                  evaluate: Callable[[nn.Module], dict[str, float]] | None, cfg: RunConfig, run_dir: Path,
                  precision: Precision, monitor: tuple[str, str] = ("loss", "min"), started: float | None = None,
-                 reserve_samples: int = 0, val_samples: int = 0):  # fmt: skip
+                 reserve_passes: int = 0, val_samples: int = 0):  # fmt: skip
+        """`reserve_passes`: sample forward passes the caller runs after fit (e.g. the test set, times its
+        views), kept out of the time budget; `val_samples`: size of the validation set, to time it."""
         self.model, self.step_fn, self.train_data, self.evaluate_fn = model, step_fn, train, evaluate
         self.cfg, self.run_dir, self.precision = cfg, Path(run_dir), precision
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.monitor_key, self.monitor_mode = monitor
         self.started = time.monotonic() if started is None else started
-        self.reserve_samples, self.val_samples = reserve_samples, val_samples
+        self.reserve_passes, self.val_samples = reserve_passes, val_samples
         self.optimizer = build_optimizer(model, cfg.optim)
         self.lr_at = lr_factor(cfg.optim)
         self.state = TrainState()
+        self.meter = Meter()
         self.elapsed_before = 0.0
         self.train_rate = self.eval_rate = None  # samples/s, measured
-        self.history = ckpt.read_jsonl(self.run_dir / ckpt.METRICS_FILE)
+        self._interval_start = time.perf_counter()
+        self.history: list[dict[str, Any]] = []
         self.best_metrics: dict[str, float] | None = None
         self._last_saved_step = 0
         self.bar = Progress(enabled=None if not cfg.train.quiet else False)
-        self._reset_meter()
 
     # ----- the loop -------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -115,11 +156,14 @@ class Trainer:
         status = None
         with _Interrupt() as interrupt:
             while status is None:
+                if interrupt.requested:  # Ctrl-C during an evaluation
+                    status = "interrupted"
+                    break
                 if t.epochs and self.state.epoch >= t.epochs:
                     status = "complete"
                     break
                 model.train()
-                self.bar.start(self._epoch_label(), len(self.train_data))
+                self.bar.start(self._epoch_label(), len(self.train_data), self.state.batch)
                 for batch in self.train_data.epoch(self.state.epoch, start=self.state.batch):
                     progress = self.progress()
                     if progress >= 1:
@@ -146,9 +190,13 @@ class Trainer:
                     if not t.eval_every:
                         status = self._evaluate_and_checkpoint()
             self.bar.clear()
+            if self.state.step == 0:
+                raise LaminaError(f"the time budget ({t.time_budget:g} s) ran out before the first training step "
+                                  f"({self.elapsed():.1f} s had gone on loading); give a larger --time-budget")  # fmt: skip
             if status == "interrupted":
+                self._check_finite(self.meter.mean_loss())  # never checkpoint weights that already diverged
                 self._save_trainer()
-            elif self._steps_since_eval:
+            elif self.meter.steps:
                 self._evaluate_and_checkpoint()
         if status != "interrupted" and t.keep == "best" and self.state.best_step not in (0, self.state.step):
             model.load_state_dict(ckpt.load_weights(self.run_dir / ckpt.WEIGHTS_FILE, self._device()))
@@ -167,40 +215,32 @@ class Trainer:
         return p
 
     def _reserve(self) -> float:
-        """Seconds to keep for what follows training: the last validation pass, the test pass, saving."""
-        rate = self.eval_rate or (3 * self.train_rate if self.train_rate else None)
-        evaluation = (self.reserve_samples + self.val_samples) / rate if rate else 0.0
-        return evaluation + 0.5 + 0.01 * self.cfg.train.time_budget
+        """Seconds to keep for what follows training: the last validation pass, the caller's passes, saving.
+        Evaluation speed is measured on validation; until then it is guessed as 3x the training speed
+        (a forward pass costs about a third of forward + backward)."""
+        train_rate = self.train_rate or (self.meter.n / max(time.perf_counter() - self._interval_start, 1e-9))
+        rate = self.eval_rate or 3 * train_rate
+        evaluation = (self.reserve_passes + self.val_samples) / rate if rate > 0 else 0.0
+        return evaluation + FINISHING_SECONDS + 0.01 * self.cfg.train.time_budget
 
     def _epoch_label(self) -> str:
         total = f"/{self.cfg.train.epochs}" if self.cfg.train.epochs else ""
         return f"epoch {self.state.epoch + 1}{total}"
 
     # ----- bookkeeping ----------------------------------------------------------------------
-    def _reset_meter(self) -> None:
-        self._loss_sum = torch.zeros(())
-        self._sums: dict[str, torch.Tensor] = {}
-        self._n = 0
-        self._steps_since_eval = 0
-        self._interval_start = time.perf_counter()
-
     def _count(self, out: StepOutput) -> None:
         s = self.state
         s.step, s.batch, s.samples = s.step + 1, s.batch + 1, s.samples + out.n
-        self._steps_since_eval += 1
-        self._n += out.n
-        loss = out.loss.detach().float()
-        self._loss_sum = self._loss_sum.to(loss.device) + loss * out.n
-        for k, v in out.sums.items():
-            self._sums[k] = self._sums.get(k, 0) + v.detach()
+        self.meter.add(out)
         # Reading a value back waits for the device; on the CPU it is free, elsewhere do it now and then.
         if self._device().type == "cpu" or s.step % 25 == 0:
-            mean_loss = self._loss_sum.item() / self._n
-            if not math.isfinite(loss.item()):
-                self._fail_non_finite(loss.item())
-            self.bar.update(s.batch, self._n, mean_loss)
+            loss = out.loss.item()
+            self._check_finite(loss)
+            self.bar.update(s.batch, out.n, loss)
 
-    def _fail_non_finite(self, value: float) -> None:
+    def _check_finite(self, value: float) -> None:
+        if math.isfinite(value):
+            return
         self.bar.clear()
         kept = (f"the last good checkpoint (step {self._last_saved_step}) is kept in {self.run_dir}"
                 if self._last_saved_step else "no checkpoint had been saved yet")  # fmt: skip
@@ -212,14 +252,11 @@ class Trainer:
     def _evaluate_and_checkpoint(self) -> str | None:
         """Evaluate, log a line, keep the best weights, write a resumable checkpoint; maybe stop early."""
         s, t = self.state, self.cfg.train
-        interval = time.perf_counter() - self._interval_start
-        loss = self._loss_sum.item() / max(self._n, 1)
-        if not math.isfinite(loss):
-            self._fail_non_finite(loss)
+        loss = self.meter.mean_loss()
+        self._check_finite(loss)
+        self.train_rate = self.meter.n / max(time.perf_counter() - self._interval_start, 1e-9)
         record: dict[str, Any] = {"epoch": round(s.epoch + s.batch / len(self.train_data), 3), "step": s.step,
-                                  "train_loss": loss}  # fmt: skip
-        record.update({f"train_{k}": float(v) / self._n for k, v in self._sums.items()})
-        self.train_rate = self._n / max(interval, 1e-9)
+                                  "train_loss": loss, **self.meter.means()}  # fmt: skip
         val = {}
         if self.evaluate_fn is not None:
             t0 = time.perf_counter()
@@ -232,21 +269,22 @@ class Trainer:
         self.history.append(record)
         ckpt.append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
 
-        key = f"val_{self.monitor_key}" if val else "train_loss"
-        improved = self._improves(record.get(key))
+        # "Best" means best on validation; without validation data the latest weights are kept.
+        improved = bool(val) and self._improves(record.get(f"val_{self.monitor_key}"))
         if improved or t.keep == "last" or not val:
             ckpt.save_weights(self.run_dir / ckpt.WEIGHTS_FILE, ckpt.cpu_state_dict(self.model))
         if improved:
-            s.best, s.best_step, s.evals_since_best = record[key], s.step, 0
-            self.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")} or None
-        else:
+            s.best, s.best_step, s.evals_since_best = record[f"val_{self.monitor_key}"], s.step, 0
+            self.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
+        elif val:
             s.evals_since_best += 1
+        self.meter = Meter()
+        self._interval_start = time.perf_counter()
         self._save_trainer()
         shown = {k: v for k, v in record.items() if k not in ("epoch", "step", "time", "samples_per_s")}
         where = f"epoch {s.epoch}" if s.batch == 0 else f"step {s.step}"
         say(f"{where}  {format_metrics(shown)}  {self.train_rate:,.0f} samples/s  {format_seconds(self.elapsed())}"
-            + ("  *" if improved and val else ""), t.quiet)  # fmt: skip
-        self._reset_meter()
+            + ("  *" if improved else ""), t.quiet)  # fmt: skip
         if t.early_stop and s.evals_since_best >= t.early_stop:
             return "early-stop"
         return None
@@ -266,13 +304,14 @@ class Trainer:
     def _save_trainer(self) -> None:
         self.state.elapsed = self.elapsed()
         rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
+        if self._device().type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
         ckpt.save_trainer(self.run_dir / ckpt.TRAINER_FILE, {
             "model": ckpt.cpu_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(),
             "precision": self.precision.state_dict(),
             "state": asdict(self.state),
+            "meter": self.meter.state_dict(),
             "rng": rng,
         })  # fmt: skip
         self._last_saved_step = self.state.step
@@ -284,17 +323,19 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             self.precision.load_state_dict(saved.get("precision", {}))
             self.state = TrainState(**saved["state"])
+            self.meter.load_state_dict(saved["meter"])
+            torch.set_rng_state(saved["rng"]["torch"])
+            cuda_states = saved["rng"].get("cuda", [])
+            for i in range(min(len(cuda_states), torch.cuda.device_count())):
+                torch.cuda.set_rng_state(cuda_states[i], i)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise LaminaError(f"cannot resume from {self.run_dir / ckpt.TRAINER_FILE}: {str(exc).splitlines()[0]}") from None
-        torch.set_rng_state(saved["rng"]["torch"])
-        if "cuda" in saved["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         self.elapsed_before = self.state.elapsed
         self._last_saved_step = self.state.step
         # Evaluations logged after the checkpoint (a crash between the two writes) would repeat: drop them.
-        self.history = [r for r in self.history if r.get("step", 0) <= self.state.step]
-        path = self.run_dir / ckpt.METRICS_FILE
-        ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history)))
+        self.history = [r for r in ckpt.read_jsonl(self.run_dir / ckpt.METRICS_FILE) if r.get("step", 0) <= self.state.step]
+        text = "".join(json.dumps(r) + "\n" for r in self.history)
+        ckpt.atomic_write(self.run_dir / ckpt.METRICS_FILE, lambda tmp: tmp.write_text(text))
         if self.state.best is not None:
             self.best_metrics = next((
                 {k: v for k, v in r.items() if k.startswith("val_")} for r in self.history

@@ -1,7 +1,8 @@
 """The interface every image classifier shares: a backbone mapping images to a feature vector, and a head.
 
-Transfer learning swaps the head (``reset_head``) and optionally freezes the backbone; the engine
-and the tasks only ever see ``forward``.
+Transfer learning builds the model with a head sized for the new labels, copies another run's
+backbone into ``features`` and optionally freezes it; ``reset_head`` does the same in place for users
+of the Python API (as timm's ``reset_classifier``). The engine only ever sees ``forward``.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def get_model(task: str, name: str, **kwargs) -> nn.Module:
     spec = get_spec(task, name)
     try:
         return spec.builder(**kwargs)
-    except TypeError as exc:  # an unknown or missing builder argument, e.g. from --set model.x=...
-        raise UsageError(f"model {name!r}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # a bad option from --set model.x=..., e.g. dropout=2
+        raise UsageError(f"model {name!r}: {str(exc).splitlines()[0]}") from None
 
 
 def list_models(task: str | None = None) -> list[ModelSpec]:

@@ -41,15 +41,26 @@ class Task:
     def __init__(self, cfg: RunConfig, device: torch.device, precision: Precision):
         self.cfg, self.device, self.precision = cfg, device, precision
 
+    @classmethod
+    def normalise_data(cls, name: str) -> str:
+        """The data name as saved in the run: an existing path becomes absolute, so the run works from anywhere."""
+        path = Path(name).expanduser()
+        return str(path.resolve()) if name and path.exists() else name
+
     def prepare(self) -> Prepared:
         raise NotImplementedError
+
+    def views(self) -> int:
+        """Forward passes per sample in the final evaluation (test-time augmentation), for time budgets."""
+        return 1
 
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: BatchStream) -> dict[str, float]:
-        """Metrics on a stream, 'loss' included; called during training and at its end."""
+    def evaluate(self, model: nn.Module, batches: BatchStream, tta: bool | None = None) -> dict[str, float]:
+        """Metrics on a stream, 'loss' included; called during training (tta=False: one view, fast
+        model selection) and at its end (tta=None: as the run is configured)."""
         raise NotImplementedError
 
     def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path) -> dict[str, Any]:

@@ -11,13 +11,13 @@ from torch import nn
 
 from lamina import metrics
 from lamina.data import images as img
-from lamina.data.sources import FASHION_MNIST
+from lamina.data.sources import SOURCES
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, choices
 from lamina.tasks.base import Prepared, Task
 
-DATASETS = {"fashion-mnist": FASHION_MNIST.description}
+DATASETS = {name: source.description for name, source in SOURCES.items()}
 
 
 class ClassifyTask(Task):
@@ -33,37 +33,42 @@ class ClassifyTask(Task):
     datasets = DATASETS
 
     # ----- data ---------------------------------------------------------------------------------
-    def load_splits(self, name: str, *, channels: int = 0, size: int = 0) -> dict[str, img.ImageSet | None]:
+    def load_splits(self, name: str, *, channels: int = 0, size: int = 0, only: str | None = None
+                    ) -> dict[str, img.ImageSet | None]:  # fmt: skip
         """'train', 'val' and 'test' of a named dataset or a folder (None where there is no such split).
 
         Without a val/ folder, validation is a stratified hold-out of the training images (data.val_fraction);
-        channels and size are the run's when given, otherwise read off the training images.
+        channels and size are the run's when given, otherwise read off the training images. With `only`,
+        just that split is decoded (and the training images when validation is carved out of them).
         """
         d = self.cfg.data
         if name == "fashion-mnist":
-            train, val = img.stratified_split(img.fashion_mnist("train"), d.val_fraction)
-            return {"train": train, "val": val, "test": img.fashion_mnist("test")}
+            splits: dict[str, img.ImageSet | None] = {"test": img.fashion_mnist("test") if only in (None, "test") else None}
+            if only != "test":
+                splits["train"], splits["val"] = img.stratified_split(img.fashion_mnist("train"), d.val_fraction)
+            return splits
         path = Path(name).expanduser()
-        if not path.exists() and "/" not in name and not name.startswith("."):
+        if not path.exists() and "/" not in name and not name.startswith(("~", ".")):
             raise UsageError(f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a folder path")
         layout = img.folder_layout(path)
         classes, items = img.scan_folder(layout["train"])
         if not channels:
-            _, channels, auto_size = img.probe_images(items)
+            channels, auto_size = img.probe_images(items)
             size = d.image_size or auto_size
-        load = {s: img.image_folder(folder, classes, channels, size, s) for s, folder in layout.items()}
-        if "val" not in load:
-            load["train"], load["val"] = img.stratified_split(load["train"], d.val_fraction)
-        return {"train": load["train"], "val": load["val"], "test": load.get("test")}
+        wanted = set(layout) if only is None else {only} | ({"train"} if only == "val" and "val" not in layout else set())
+        loaded = {s: img.image_folder(layout[s], classes, channels, size, s) for s in wanted if s in layout}
+        if "val" not in layout and "train" in loaded:
+            loaded["train"], loaded["val"] = img.stratified_split(loaded["train"], d.val_fraction)
+        return {s: loaded.get(s) for s in ("train", "val", "test")}
 
     def _own_classes(self, name: str, data: img.ImageSet | None) -> img.ImageSet | None:
         # data.classes holds class indices of the run's own dataset; other datasets are matched by name.
-        if data is None or name != self.cfg.data.name:
+        if data is None or self.normalise_data(name) != self.cfg.data.name:
             return data
         return img.keep_classes(data, self.cfg.data.classes)
 
     def prepare(self) -> Prepared:
-        d = self.cfg.data
+        d, t = self.cfg.data, self.cfg.train
         splits = {k: self._own_classes(d.name, v) for k, v in self.load_splits(d.name).items()}
         train = img.limit_per_class(splits["train"], d.per_class)
         if len(train) == 0:
@@ -71,10 +76,14 @@ class ClassifyTask(Task):
         size = d.image_size or train.images.shape[-1]
         train = img.ImageSet(img.resize(train.images, size), train.labels, train.classes, train.keys)
         mean, std = img.channel_stats(train.images)
+        if t.init:  # a transferred backbone expects its inputs normalised as when it was trained
+            source = ckpt.read_run(t.init, task=self.name).get("meta", {})
+            if len(source.get("mean", [])) == len(mean):
+                mean, std = source["mean"], source["std"]
         meta = {"classes": train.classes, "channels": int(train.images.shape[1]), "image_size": size,
                 "mean": mean, "std": std}  # fmt: skip
         val, test = [align_classes(splits[s], train.classes, size) if splits[s] else None for s in ("val", "test")]
-        source = FASHION_MNIST.locate() if d.name == "fashion-mnist" else Path(d.name).resolve()
+        source = SOURCES[d.name].locate() if d.name in SOURCES else d.name
         meta["data"] = {"name": d.name, "source": str(source or ""), "train": len(train),
                         "val": len(val) if val else 0, "test": len(test) if test else 0}  # fmt: skip
         return Prepared(
@@ -90,13 +99,14 @@ class ClassifyTask(Task):
 
         A folder other than the run's own, without train/val/test sub-folders, is used whole.
         """
-        path = Path(name)
-        if name != self.cfg.data.name and path.is_dir() and img.folder_layout(path) == {"train": path}:
+        path = Path(name).expanduser()
+        own = self.normalise_data(name) == self.cfg.data.name
+        if not own and path.is_dir() and img.folder_layout(path) == {"train": path}:
             classes, _ = img.scan_folder(path)
             data = img.image_folder(path, classes, meta["channels"], meta["image_size"], split)
         else:
-            data = self._own_classes(name, self.load_splits(name, channels=meta["channels"],
-                                                             size=meta["image_size"])[split])  # fmt: skip
+            loaded = self.load_splits(name, channels=meta["channels"], size=meta["image_size"], only=split)
+            data = self._own_classes(name, loaded[split])
             if data is None:
                 hint = f" (expected {name}/{split}/<class>/<image>)" if split == "test" else " (data.val_fraction is 0)"
                 raise LaminaError(f"{name} has no {split} split{hint}")
@@ -136,27 +146,31 @@ class ClassifyTask(Task):
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
         return StepOutput(loss, len(y), {"accuracy": (logits.argmax(1) == y).sum()})
 
+    def views(self) -> int:
+        return 2 if self.cfg.data.tta and self.cfg.data.flip else 1
+
     @torch.no_grad()
-    def probabilities(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, model: nn.Module, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """Class probabilities (B, K), averaged with the mirrored image when the run trained with flips."""
         with self.precision.autocast():
             p = model(x).float().softmax(1)
-            if self.cfg.data.tta and self.cfg.data.flip:
+            if (self.views() == 2) if tta is None else tta:
                 p = (p + model(x.flip(-1)).float().softmax(1)) / 2
         return p
 
     @torch.no_grad()
-    def predict_all(self, model: nn.Module, batches: img.ImageBatches) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_all(self, model: nn.Module, batches: img.ImageBatches, tta: bool | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         model.eval()
         probs, labels = [], []
         for x, y in batches.epoch():
-            probs.append(self.probabilities(model, x).cpu())
+            probs.append(self.probabilities(model, x, tta).cpu())
             labels.append(y.cpu())
         return torch.cat(probs), torch.cat(labels)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: img.ImageBatches) -> dict[str, float]:
-        probs, labels = self.predict_all(model, batches)
+    def evaluate(self, model: nn.Module, batches: img.ImageBatches, tta: bool | None = None) -> dict[str, float]:
+        probs, labels = self.predict_all(model, batches, tta)
         return {
             "loss": metrics.nll(probs, labels),
             "accuracy": (probs.argmax(1) == labels).float().mean().item(),
