@@ -2,7 +2,7 @@
 
     python -m benchmarks.fashion_mnist                     # the 75 s, 3 min and 10 min recipes
     python -m benchmarks.fashion_mnist --recipes best      # the 60-minute recipe
-    python -m benchmarks.fashion_mnist --recipes 75s --repeats 3 --seeds
+    python -m benchmarks.fashion_mnist --recipes 75s,3min --repeats 3   # seeds 0, 1, 2; medians
 
 Each recipe runs as its own `lamina train classify ... --json` process; the wall clock is the whole
 command (Python start, data loading, training, evaluation, saving) and the peak memory is that

@@ -39,11 +39,16 @@ def make_folder(root: Path, per_class: int = 12, colour: bool = False, sizes=((1
     return root
 
 
+# Runs in tests are pinned to the CPU in fp32, so results do not depend on the machine's GPU or bf16 support.
+CPU = ["train.device=cpu", "train.amp=off"]
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own $LAMINA_HOME and never touches the network."""
+def isolated(tmp_path_factory, monkeypatch):
+    """Every test gets its own $LAMINA_HOME and working directory, and never touches the network."""
     monkeypatch.setenv("LAMINA_HOME", str(tmp_path_factory.mktemp("lamina-home")))
     monkeypatch.setenv("LAMINA_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture
@@ -53,11 +58,13 @@ def image_folder(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """One small trained classify run, shared by the tests that only read it."""
+    """One small trained classify run (data with train/ and test/ splits), shared by tests that only read it."""
     import lamina
 
     base = tmp_path_factory.mktemp("trained")
-    data = make_folder(base / "shapes", per_class=16)
+    data = base / "shapes"
+    make_folder(data / "train", per_class=16)
+    make_folder(data / "test", per_class=4, seed=1)
     summary = lamina.train("classify", data=str(data), model="vgg-s", epochs=6, batch_size=8, lr=0.05,
-                           out=str(base / "run"), quiet=True, sets=["data.image_size=16"])  # fmt: skip
+                           out=str(base / "run"), quiet=True, sets=["data.image_size=16", *CPU])  # fmt: skip
     return Path(summary["run"])

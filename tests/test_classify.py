@@ -9,7 +9,7 @@ import lamina
 from lamina.engine import checkpoint as ckpt
 from lamina.errors import LaminaError
 
-from conftest import CLASSES, make_folder
+from conftest import CLASSES, CPU, make_folder
 
 
 def test_run_directory_holds_everything_needed(trained_run):
@@ -28,10 +28,11 @@ def test_run_directory_holds_everything_needed(trained_run):
 def test_the_tiny_model_learned_and_reloads_identically(trained_run):
     info = json.loads((trained_run / "lamina.json").read_text())
     assert info["metrics"]["val"]["accuracy"] >= 0.8  # stripes vs columns vs checks: easy when learning works
-    first, second = lamina.load(trained_run), lamina.load(trained_run)
-    x = torch.randn(4, 1, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(first.model(x), second.model(x))
+    # The reloaded model scores the test split exactly as the trained model did in memory at the end of training.
+    reloaded = lamina.evaluate(trained_run, device="cpu")
+    assert reloaded["split"] == "test" and reloaded["n"] == info["metrics"]["test"]["n"] == 12
+    assert reloaded["metrics"]["accuracy"] == info["metrics"]["test"]["accuracy"]
+    assert reloaded["metrics"]["loss"] == pytest.approx(info["metrics"]["test"]["loss"], rel=1e-6)
 
 
 def test_predict_images_of_any_size_and_mode(trained_run, tmp_path):
@@ -42,15 +43,16 @@ def test_predict_images_of_any_size_and_mode(trained_run, tmp_path):
 
     big = Image.fromarray(pattern("columns", (48, 40), np.random.default_rng(5))).convert("RGB")
     big.save(tmp_path / "columns.jpg", quality=95)
-    results = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=2)
+    results = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=2, device="cpu")
     assert results[0]["predictions"][0]["label"] == "columns"
     assert len(results[0]["predictions"]) == 2
-    assert sum(p["probability"] for p in lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=9)[0]["predictions"]) == pytest.approx(1, abs=1e-4)
+    everything = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=9, device="cpu")[0]["predictions"]
+    assert len(everything) == 3 and sum(p["probability"] for p in everything) == pytest.approx(1, abs=1e-4)
 
 
 def test_evaluate_reports_per_class_metrics_and_plots(trained_run, tmp_path):
     data = make_folder(tmp_path / "more", per_class=5, seed=9)
-    result = lamina.evaluate(trained_run, data=str(data))  # a flat folder: used whole
+    result = lamina.evaluate(trained_run, data=str(data), device="cpu")  # a flat folder: used whole
     m = result["metrics"]
     assert result["n"] == 15 and set(m["per_class"]) == set(CLASSES)
     assert 0 <= m["accuracy"] <= 1 and m["loss"] > 0
@@ -66,9 +68,11 @@ def test_transfer_to_new_labels_with_a_frozen_backbone(trained_run, tmp_path):
         for f in sorted((make_folder(tmp_path / "src", per_class=6) / kind).iterdir()):
             f.rename(new / f"{kind}-renamed" / f.name)
     summary = lamina.train("classify", data=str(new), init=str(trained_run), freeze=True, epochs=2, batch_size=4,
-                           out=str(tmp_path / "transfer"), quiet=True, sets=["data.image_size=16"])  # fmt: skip
+                           out=str(tmp_path / "transfer"), quiet=True, sets=["data.image_size=16", *CPU])  # fmt: skip
     info = json.loads((tmp_path / "transfer" / "lamina.json").read_text())
+    source_info = json.loads((trained_run / "lamina.json").read_text())
     assert info["model"]["name"] == "vgg-s" and info["model"]["args"]["num_classes"] == 2
+    assert info["meta"]["mean"] == source_info["meta"]["mean"]  # inputs normalised as the backbone learned them
     source = ckpt.load_weights(trained_run / "model.safetensors")
     target = ckpt.load_weights(tmp_path / "transfer" / "model.safetensors")
     frozen = [k for k in source if k.startswith("features.")]
@@ -91,7 +95,7 @@ def test_train_resume_through_the_api_continues_the_same_run(image_folder, tmp_p
     from lamina.tasks.classify import ClassifyTask
 
     common = dict(data=str(image_folder), model="vgg-s", epochs=3, batch_size=8, quiet=True,
-                  sets=["data.image_size=16"])  # fmt: skip
+                  sets=["data.image_size=16", *CPU])  # fmt: skip
     lamina.train("classify", out=str(tmp_path / "full"), **common)
 
     original, calls = ClassifyTask.step, {"n": 0}
@@ -169,5 +173,26 @@ def test_relative_data_paths_are_saved_absolute(image_folder, tmp_path, monkeypa
                  sets=["data.image_size=16"])  # fmt: skip
     saved = json.loads((tmp_path / "r" / "lamina.json").read_text())["config"]["data"]["name"]
     assert saved == str(image_folder.resolve())
-    monkeypatch.chdir(tmp_path)
-    assert lamina.evaluate(tmp_path / "r", split="val")["n"] > 0  # found from another working directory
+    # Resuming with the same relative path is the same data...
+    assert lamina.train("classify", data=image_folder.name, epochs=2, out=str(tmp_path / "r"), resume=True,
+                        quiet=True)["status"] == "complete"  # fmt: skip
+    # ...and the run finds its data from another working directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = lamina.evaluate(tmp_path / "r")
+    assert result["split"] == "val" and result["n"] > 0  # no test/ in this data: validation is the default
+
+
+def test_evaluate_decodes_only_the_split_it_measures(trained_run, monkeypatch):
+    from lamina.data import images
+
+    decoded, original = [], images.image_folder
+
+    def counting(root, classes, channels, size, split_name):
+        decoded.append(split_name)
+        return original(root, classes, channels, size, split_name)
+
+    monkeypatch.setattr(images, "image_folder", counting)
+    lamina.evaluate(trained_run, split="test", device="cpu")
+    assert decoded == ["test"]

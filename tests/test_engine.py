@@ -40,15 +40,21 @@ def make_cfg(**sets):
 
 
 def test_overfits_one_small_batch(tmp_path):
+    """A registered CNN, the classification loss and the engine drive the loss on one batch to ~0."""
+    from lamina.models import get_model
+    from lamina.tasks.classify import ClassifyTask
+
     torch.manual_seed(0)
-    x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
-    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
-    cfg = make_cfg(**{"train.epochs": 150, "optim.name": "adamw", "optim.lr": 0.01, "optim.weight_decay": 0,
+    x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 4, (16,))
+    model = get_model("classify", "vgg-s", in_channels=1, num_classes=4, image_size=16)
+    cfg = make_cfg(**{"train.epochs": 60, "optim.name": "adamw", "optim.lr": 0.01, "optim.weight_decay": 0,
                       "optim.schedule": "constant"})  # fmt: skip
-    trainer = Trainer(model, classify_step, FixedBatches([(x, y)]), None, cfg, tmp_path, Precision(None, torch.device("cpu")))
+    task = ClassifyTask(cfg, torch.device("cpu"), Precision(None, torch.device("cpu")))
+    trainer = Trainer(model, task.step, FixedBatches([(x, y)]), None, cfg, tmp_path, task.precision)
     result = trainer.fit()
-    assert result.status == "complete" and result.state.step == 150
-    assert F.cross_entropy(model(x), y).item() < 0.01
+    assert result.status == "complete" and result.state.step == 60
+    model.train()  # batch statistics, as in training
+    assert F.cross_entropy(model(x), y).item() < 0.05
     assert result.history[-1]["train_accuracy"] == 1.0
 
 
@@ -150,13 +156,13 @@ def test_time_budget_stops_training_cleanly(tmp_path):
         time.sleep(0.05)
         return classify_step(model, batch)
 
-    cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 2.5})
+    cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 3})
     started = time.monotonic()
     result = Trainer(_model(), slow_step, data, _val(data), cfg, tmp_path, Precision(None, torch.device("cpu")),
                      started=started).fit()  # fmt: skip
     assert result.status == "time-budget"
-    assert time.monotonic() - started < 2.5 + 0.3  # within the budget, give or take one slow step
-    assert 5 <= result.state.step <= 50
+    assert time.monotonic() - started < 3 + 1.0  # the budget holds, with slack for a loaded machine
+    assert 3 <= result.state.step <= 60
     assert (tmp_path / ckpt.WEIGHTS_FILE).is_file() and (tmp_path / ckpt.TRAINER_FILE).is_file()
     assert result.history[-1]["step"] == result.state.step  # the final partial epoch was evaluated
 

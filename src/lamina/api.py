@@ -25,7 +25,7 @@ from lamina.engine import checkpoint as ckpt
 from lamina.engine.device import Precision, resolve_amp, resolve_device
 from lamina.engine.loop import NonFiniteLoss, Trainer
 from lamina.errors import LaminaError, UsageError
-from lamina.models.registry import count_parameters, get_model
+from lamina.models.registry import count_parameters, get_model, get_spec
 from lamina.tasks import Task, get_task
 
 # Keyword arguments of train() (and CLI flags) -> dotted config keys.
@@ -61,9 +61,12 @@ class Run:
     def meta(self) -> dict[str, Any]:
         return self.info["meta"]
 
-    def evaluate(self, data: str | None = None, split: str = "test", out_dir: str | Path | None = None) -> dict:
+    def evaluate(self, data: str | None = None, split: str | None = None, out_dir: str | Path | None = None) -> dict:
+        """Full metrics on a split (default: test where the data has one, else validation) plus plots."""
         data = data or self.config.data.name
         out_dir = Path(out_dir) if out_dir else self.path
+        if split is None:
+            split = "test" if self.task.has_split(data, "test") else "val"
         result = self.task.report(self.model, self.meta, data, split, out_dir)
         return {"task": self.task.name, "run": str(self.path), "data": data, "split": split, **result}
 
@@ -96,7 +99,7 @@ def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> 
     return Run(run_dir, info, cfg, task_obj, model)
 
 
-def evaluate(run: str | Path | Run, data: str | None = None, split: str = "test", device: str = "auto") -> dict:
+def evaluate(run: str | Path | Run, data: str | None = None, split: str | None = None, device: str = "auto") -> dict:
     run = run if isinstance(run, Run) else load(run, device)
     return run.evaluate(data, split)
 
@@ -106,49 +109,76 @@ def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **op
     return run.predict(inputs, **options)
 
 
-def _new_run_dir(out: str | Path | None, cfg: RunConfig) -> Path:
-    """--out if given (refusing to overwrite anything), else runs/<task>-<data>-<model>[-N]."""
+def _new_run_dir(out: str | Path | None, cfg: RunConfig) -> tuple[Path, bool]:
+    """(run directory, chosen automatically?): --out if given, refusing to overwrite anything, else
+    runs/<task>-<data>-<model>[-N]. Nothing is created yet: that waits until the data has loaded."""
     if out is None:
         data = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.name.rstrip("/")).name) or "data"
-        base = Path("runs") / f"{cfg.task}-{data}-{cfg.model.name}"
-        out, n = base, 1
-        while out.exists():
-            n += 1
-            out = base.with_name(f"{base.name}-{n}")
+        return _next_free(Path("runs") / f"{cfg.task}-{data}-{cfg.model.name}"), True
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LaminaError(f"--out {out} is a file, not a run directory")
     if (out / ckpt.RUN_FILE).exists():
-        if (out / ckpt.WEIGHTS_FILE).exists() or (out / ckpt.TRAINER_FILE).exists():
+        if not _died_before_first_checkpoint(out):
             raise LaminaError(f"{out} already holds a run; continue it with --resume or choose another --out")
-        # A run that died before its first checkpoint holds nothing worth keeping: start it afresh.
-        for name in (ckpt.RUN_FILE, ckpt.METRICS_FILE):
-            (out / name).unlink(missing_ok=True)
-    if out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(out.iterdir()):
         raise LaminaError(f"--out {out} is a folder with other files in it; choose a new or empty folder")
     parent = next(p for p in [out, *out.absolute().parents] if p.exists())
     if not os.access(parent, os.W_OK):  # find out now, not after minutes of data loading
         raise LaminaError(f"cannot create run directory {out}: {parent} is not writable")
-    return out
+    return out, False
+
+
+def _next_free(base: Path) -> Path:
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _died_before_first_checkpoint(run_dir: Path) -> bool:
+    """A lamina run killed before it saved anything: only its own lamina.json (and log) are there."""
+    try:
+        info = ckpt.read_run(run_dir, need_weights=False)
+    except LaminaError:
+        return False
+    own = {ckpt.RUN_FILE, ckpt.METRICS_FILE}
+    return info.get("status") == "training" and all(p.name in own for p in run_dir.iterdir())
+
+
+def _claim(run_dir: Path, automatic: bool) -> Path:
+    """Create the run directory; an automatic name taken meanwhile (a parallel run) moves to the next one."""
+    while True:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=not automatic)
+            return run_dir
+        except FileExistsError:
+            run_dir = _next_free(run_dir)
+        except OSError as exc:
+            raise LaminaError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
 
 
 # Settings that decide the data order, the model or the optimizer: a resumed run must keep them.
 FIXED_ON_RESUME = ("data.", "model.", "train.batch_size", "train.seed", "train.init", "train.freeze", "optim.name")
 
 
-def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags, sets) -> tuple[RunConfig, Path]:
+def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags, sets
+                    ) -> tuple[RunConfig, Path, bool]:  # fmt: skip
+    """The run's configuration, its directory, and whether that directory was named automatically."""
     if resume:
         if out is None:
             raise UsageError("--resume needs --out RUN: the run directory to continue")
         info = ckpt.read_run(out, task=task_cls.name, need_weights=False)
         base = config_mod.from_dict(info.get("config", {}))
-        cfg = config_mod.resolve(task_cls.defaults, base=base, config_file=config_file, flags=flags, sets=sets)
+        cfg = _normalise(task_cls, config_mod.resolve(task_cls.defaults, base=base, config_file=config_file,
+                                                      flags=flags, sets=sets))  # fmt: skip
         before, after = config_mod.flatten(base.to_dict()), config_mod.flatten(cfg.to_dict())
         changed = sorted(k for k in set(before) | set(after)
                          if k.startswith(FIXED_ON_RESUME) and before.get(k) != after.get(k))  # fmt: skip
         if changed:
             raise UsageError(f"cannot change {', '.join(changed)} when resuming; start a new run instead")
-        return cfg, Path(out)
+        return cfg, Path(out), False
     cfg = config_mod.resolve(task_cls.defaults, config_file=config_file, flags=flags, sets=sets)
     if cfg.train.init:
         # Transfer: the initialising run's architecture is the default, under everything the user set.
@@ -157,16 +187,23 @@ def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags,
         inherited = {"model.name": init["model"]["name"]}
         inherited.update({f"model.{k}": v for k, v in init["model"]["args"].items() if k not in fixed})
         cfg = config_mod.resolve({**task_cls.defaults, **inherited}, config_file=config_file, flags=flags, sets=sets)
+    get_spec(task_cls.name, cfg.model.name)  # an unknown model is a usage error before any data is read
+    cfg = _normalise(task_cls, cfg)
+    return (cfg, *_new_run_dir(out, cfg))
+
+
+def _normalise(task_cls: type[Task], cfg: RunConfig) -> RunConfig:
+    """Paths saved in the run are absolute, so the run works from any working directory."""
     cfg.task = task_cls.name
     cfg.data.name = task_cls.normalise_data(cfg.data.name)
-    return cfg, _new_run_dir(out, cfg)
+    if cfg.train.init:
+        cfg.train.init = str(Path(cfg.train.init).expanduser().resolve())
+    return cfg
 
 
-def _check_same_data(run_dir: Path, meta: dict[str, Any]) -> None:
-    """Resuming on different data would silently change the data order and normalisation."""
-    saved = ckpt.read_run(run_dir, need_weights=False).get("meta", {})
-    keys = ("classes", "channels", "image_size", "mean", "std")
-    differ = [k for k in keys if k in saved and saved[k] != meta.get(k)]
+def _check_same_data(run_dir: Path, saved: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Resuming on different data would silently change the data order."""
+    differ = [k for k in ("classes", "channels", "image_size") if k in saved and saved[k] != meta.get(k)]
     counts = {k: v for k, v in saved.get("data", {}).items() if k in ("train", "val", "test")}
     if differ or any(meta.get("data", {}).get(k) != v for k, v in counts.items()):
         raise LaminaError(f"the data of {run_dir} changed since the run started "
@@ -187,21 +224,36 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
     if unknown:
         raise UsageError(f"unknown train() argument(s): {', '.join(sorted(unknown))}")
     flags = {SETTINGS[k]: v for k, v in settings.items()}
-    cfg, run_dir = _resolve_config(task_cls, out, resume, config_file, flags, sets)
+    cfg, run_dir, automatic = _resolve_config(task_cls, out, resume, config_file, flags, sets)
     saved = ckpt.load_trainer(run_dir / ckpt.TRAINER_FILE) if resume else None
+    saved_meta = ckpt.read_run(run_dir, need_weights=False).get("meta") if resume else None
 
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     precision = Precision(resolve_amp(cfg.train.amp, device), device)
     task_obj = task_cls(cfg, device, precision)
-    prepared = task_obj.prepare()
+    prepared = task_obj.prepare(saved_meta)
+    if saved_meta is not None:
+        _check_same_data(run_dir, saved_meta, prepared.meta)
     model_args = {**cfg.model.args, **prepared.model_args}
     model = _build(task_obj, cfg.model.name, model_args, device)
     if cfg.train.init and not resume:
         task_obj.init_from(model, cfg.train.init, cfg.train.freeze)
     elif cfg.train.freeze:
         model.freeze_features()  # resuming a frozen transfer run: the weights come from trainer.pt
+    from lamina.viz import plot  # noqa: F401  (matplotlib loads now, not in the last seconds of a budget)
 
+    run_dir = _claim(run_dir, automatic)
+    if not resume:
+        (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)  # the log of a run that died before its checkpoint
+    val, test = prepared.val, prepared.test
+    trainer = Trainer(
+        model, task_obj.step, prepared.train, (lambda m: task_obj.evaluate(m, val, tta=False)) if val else None,
+        cfg, run_dir, precision, monitor=task_cls.monitor, started=started,
+        reserve_passes=test.n_samples * task_obj.views() if test else 0, val_samples=val.n_samples if val else 0,
+    )  # fmt: skip
+    if saved is not None:
+        trainer.resume_from(saved)  # before lamina.json is rewritten: a failed resume leaves the run as it was
     info = {
         "format": ckpt.FORMAT_VERSION,
         "task": task_cls.name,
@@ -212,25 +264,10 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
         "versions": ckpt.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if resume:
-        _check_same_data(run_dir, prepared.meta)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LaminaError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
     ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
-
-    val, test = prepared.val, prepared.test
-    trainer = Trainer(
-        model, task_obj.step, prepared.train, (lambda m: task_obj.evaluate(m, val, tta=False)) if val else None,
-        cfg, run_dir, precision, monitor=task_cls.monitor, started=started,
-        reserve_passes=test.n_samples * task_obj.views() if test else 0, val_samples=val.n_samples if val else 0,
-    )  # fmt: skip
-    if saved is not None:
-        trainer.resume_from(saved)
     try:
         result = trainer.fit()
-    except (NonFiniteLoss, torch.OutOfMemoryError) as exc:
+    except (NonFiniteLoss, torch.cuda.OutOfMemoryError) as exc:
         info["status"] = "diverged" if isinstance(exc, NonFiniteLoss) else "failed"
         ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
         if isinstance(exc, NonFiniteLoss):

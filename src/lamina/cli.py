@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="measure a trained run on a split")
     e.add_argument("run")
     e.add_argument("--data", help="dataset name or path (default: the run's own)")
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
     e.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     e.add_argument("--json", action="store_true")
 
@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # e.g. `lamina models | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:  # disk full, permission denied, ...: the user's environment, said in one line
         print(f"lamina: error: {exc}", file=sys.stderr)

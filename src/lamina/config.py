@@ -106,6 +106,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if dotted == "model.args":
+            if not isinstance(value or {}, dict):
+                raise UsageError("model.args must be a mapping of model options")
             flat.update({f"model.{k}": v for k, v in (value or {}).items()})
         elif isinstance(value, dict) and dotted in ("data", "model", "optim", "train"):
             flat.update(flatten(value, dotted + "."))
@@ -262,6 +264,7 @@ def check(config: RunConfig) -> None:
     rules = [
         (t.time_budget >= 0, "--time-budget must be positive"),
         (t.batch_size >= 1, "--batch-size must be at least 1"),
+        (0 <= t.seed < 2**63, "--seed must be in [0, 2**63)"),
         (o.lr > 0, "--lr must be positive"),
         (0 <= o.momentum < 1, "optim.momentum must be in [0, 1)"),
         (o.weight_decay >= 0, "optim.weight_decay must not be negative"),

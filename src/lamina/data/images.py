@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,7 +25,8 @@ from lamina.errors import LaminaError, warn
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
 # What PIL raises for files that are not (complete, sane) images; DecompressionBombError is not an OSError.
-UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+              struct.error, IndexError)  # the last two from malformed headers some decoders do not catch
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 MAX_AUTO_SIZE = 64
 
@@ -94,15 +96,13 @@ def _files(folder: Path) -> list[Path]:
 
 
 def folder_layout(root: Path) -> dict[str, Path]:
-    """{'train': path, 'val': path?, 'test': path?}: split sub-folders if present, else the root is 'train'."""
+    """The split sub-folders (train/, val/, test/) that exist; a folder with none of them is all 'train'."""
     if not root.exists():
         raise LaminaError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise LaminaError(f"{root} is not a folder of class sub-folders")
     splits = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
-    if "train" not in splits:
-        return {"train": root}
-    return splits
+    return splits or {"train": root}
 
 
 def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -160,7 +160,7 @@ def _members_in_hash_order(data: ImageSet, c: int) -> list[int]:
     """Indices of class c, ordered by a hash of each image's key: a fixed order that does not depend on
     the run's seed or on the order files were listed, so splits and subsets are the same every time."""
     members = torch.nonzero(data.labels == c).flatten().tolist()
-    return sorted(members, key=lambda i: hashlib.sha1(data.keys[i].encode()).hexdigest())
+    return sorted(members, key=lambda i: hashlib.sha1(data.keys[i].encode("utf-8", "surrogateescape")).hexdigest())
 
 
 def stratified_split(data: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet | None]:

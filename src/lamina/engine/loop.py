@@ -144,7 +144,7 @@ class Trainer:
         self.meter = Meter()
         self.elapsed_before = 0.0
         self.train_rate = self.eval_rate = None  # samples/s, measured
-        self._interval_start = time.perf_counter()
+        self._interval_start, self._interval_samples = time.perf_counter(), 0
         self.history: list[dict[str, Any]] = []
         self.best_metrics: dict[str, float] | None = None
         self._last_saved_step = 0
@@ -218,10 +218,14 @@ class Trainer:
         """Seconds to keep for what follows training: the last validation pass, the caller's passes, saving.
         Evaluation speed is measured on validation; until then it is guessed as 3x the training speed
         (a forward pass costs about a third of forward + backward)."""
-        train_rate = self.train_rate or (self.meter.n / max(time.perf_counter() - self._interval_start, 1e-9))
+        train_rate = self.train_rate or self._interval_rate()
         rate = self.eval_rate or 3 * train_rate
         evaluation = (self.reserve_passes + self.val_samples) / rate if rate > 0 else 0.0
         return evaluation + FINISHING_SECONDS + 0.01 * self.cfg.train.time_budget
+
+    def _interval_rate(self) -> float:
+        """Training samples/s since the last evaluation (or this session's start), evaluation excluded."""
+        return self._interval_samples / max(time.perf_counter() - self._interval_start, 1e-9)
 
     def _epoch_label(self) -> str:
         total = f"/{self.cfg.train.epochs}" if self.cfg.train.epochs else ""
@@ -232,6 +236,7 @@ class Trainer:
         s = self.state
         s.step, s.batch, s.samples = s.step + 1, s.batch + 1, s.samples + out.n
         self.meter.add(out)
+        self._interval_samples += out.n
         # Reading a value back waits for the device; on the CPU it is free, elsewhere do it now and then.
         if self._device().type == "cpu" or s.step % 25 == 0:
             loss = out.loss.item()
@@ -254,7 +259,7 @@ class Trainer:
         s, t = self.state, self.cfg.train
         loss = self.meter.mean_loss()
         self._check_finite(loss)
-        self.train_rate = self.meter.n / max(time.perf_counter() - self._interval_start, 1e-9)
+        self.train_rate = self._interval_rate()
         record: dict[str, Any] = {"epoch": round(s.epoch + s.batch / len(self.train_data), 3), "step": s.step,
                                   "train_loss": loss, **self.meter.means()}  # fmt: skip
         val = {}
@@ -279,7 +284,7 @@ class Trainer:
         elif val:
             s.evals_since_best += 1
         self.meter = Meter()
-        self._interval_start = time.perf_counter()
+        self._interval_start, self._interval_samples = time.perf_counter(), 0
         self._save_trainer()
         shown = {k: v for k, v in record.items() if k not in ("epoch", "step", "time", "samples_per_s")}
         where = f"epoch {s.epoch}" if s.batch == 0 else f"step {s.step}"

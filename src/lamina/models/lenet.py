@@ -11,7 +11,8 @@ from lamina.models.registry import register_model
 
 @register_model("classify", "lenet5", "LeNet-5: conv 6 - pool - conv 16 - pool - fc 120 - fc 84 (tanh, average pooling)")
 def lenet5(
-    in_channels: int = 1, num_classes: int = 10, image_size: int = 28, act: str = "tanh", pool: str = "avg"
+    in_channels: int = 1, num_classes: int = 10, image_size: int = 28, act: str = "tanh", pool: str = "avg",
+    dropout: float = 0.0,
 ) -> ImageClassifier:
     Act = act_layer(act)
     Pool = nn.AvgPool2d if pool == "avg" else nn.MaxPool2d
@@ -24,4 +25,4 @@ def lenet5(
         nn.Linear(16 * 5 * 5, 120), Act(),
         nn.Linear(120, 84), Act(),
     )  # fmt: skip
-    return ImageClassifier(features, 84, num_classes)
+    return ImageClassifier(features, 84, num_classes, dropout)

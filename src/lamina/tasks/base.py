@@ -43,11 +43,19 @@ class Task:
 
     @classmethod
     def normalise_data(cls, name: str) -> str:
-        """The data name as saved in the run: an existing path becomes absolute, so the run works from anywhere."""
+        """The data name as saved in the run: a path becomes absolute, so the run works from anywhere;
+        a registered dataset name stays a name even if a file of that name lies in the working directory."""
+        if not name or name in cls.datasets:
+            return name
         path = Path(name).expanduser()
-        return str(path.resolve()) if name and path.exists() else name
+        return str(path.resolve()) if path.exists() else name
 
-    def prepare(self) -> Prepared:
+    def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
+        """Data for training. `previous_meta`: the saved meta of the run being resumed, whose
+        normalisation must be kept."""
+        raise NotImplementedError
+
+    def has_split(self, data: str, split: str) -> bool:
         raise NotImplementedError
 
     def views(self) -> int:

@@ -52,6 +52,8 @@ class ClassifyTask(Task):
         if not path.exists() and "/" not in name and not name.startswith(("~", ".")):
             raise UsageError(f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a folder path")
         layout = img.folder_layout(path)
+        if "train" not in layout:
+            raise LaminaError(f"{path} has {', '.join(sorted(layout))}/ but no train/ folder to learn from")
         classes, items = img.scan_folder(layout["train"])
         if not channels:
             channels, auto_size = img.probe_images(items)
@@ -68,7 +70,7 @@ class ClassifyTask(Task):
             return data
         return img.keep_classes(data, self.cfg.data.classes)
 
-    def prepare(self) -> Prepared:
+    def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
         d, t = self.cfg.data, self.cfg.train
         splits = {k: self._own_classes(d.name, v) for k, v in self.load_splits(d.name).items()}
         train = img.limit_per_class(splits["train"], d.per_class)
@@ -77,10 +79,11 @@ class ClassifyTask(Task):
         size = d.image_size or train.images.shape[-1]
         train = img.ImageSet(img.resize(train.images, size), train.labels, train.classes, train.keys)
         mean, std = img.channel_stats(train.images)
-        if t.init:  # a transferred backbone expects its inputs normalised as when it was trained
-            source = ckpt.read_run(t.init, task=self.name).get("meta", {})
-            if len(source.get("mean", [])) == len(mean):
-                mean, std = source["mean"], source["std"]
+        # A resumed run keeps its normalisation; a transferred backbone expects its inputs normalised as
+        # when it was trained.
+        source = previous_meta or (ckpt.read_run(t.init, task=self.name).get("meta", {}) if t.init else {})
+        if len(source.get("mean", [])) == len(mean):
+            mean, std = source["mean"], source["std"]
         meta = {"classes": train.classes, "channels": int(train.images.shape[1]), "image_size": size,
                 "mean": mean, "std": std}  # fmt: skip
         val, test = [align_classes(splits[s], train.classes, size) if splits[s] else None for s in ("val", "test")]
@@ -98,20 +101,31 @@ class ClassifyTask(Task):
     def eval_split(self, meta: dict[str, Any], name: str, split: str) -> img.ImageSet:
         """A split of any dataset, converted to a trained run's channels, size and class list.
 
-        A folder other than the run's own, without train/val/test sub-folders, is used whole.
+        Another folder is read as it is laid out: its `split`/ sub-folder if it has one, else (no
+        train/val/test sub-folders at all) the whole folder.
         """
         path = Path(name).expanduser()
         own = self.normalise_data(name) == self.cfg.data.name
-        if not own and path.is_dir() and img.folder_layout(path) == {"train": path}:
-            classes, _ = img.scan_folder(path)
-            data = img.image_folder(path, classes, meta["channels"], meta["image_size"], split)
+        if not own and path.is_dir():
+            layout = img.folder_layout(path)
+            folder = layout.get(split, path if layout == {"train": path} else None)
+            if folder is None:
+                raise LaminaError(f"{name} has no {split} split (it has: {', '.join(sorted(layout))})")
+            classes, _ = img.scan_folder(folder)
+            data = img.image_folder(folder, classes, meta["channels"], meta["image_size"], split)
         else:
             loaded = self.load_splits(name, channels=meta["channels"], size=meta["image_size"], only=split)
             data = self._own_classes(name, loaded[split])
             if data is None:
-                hint = f" (expected {name}/{split}/<class>/<image>)" if split == "test" else " (data.val_fraction is 0)"
-                raise LaminaError(f"{name} has no {split} split{hint}")
+                hint = f"expected {name}/{split}/<class>/<image>" if split == "test" else "no validation hold-out"
+                raise LaminaError(f"{name} has no {split} split ({hint})")
         return align_classes(data, meta["classes"], meta["image_size"])
+
+    def has_split(self, data: str, split: str) -> bool:
+        if data in SOURCES:
+            return split in ("train", "val", "test")
+        path = Path(data).expanduser()
+        return path.is_dir() and split in img.folder_layout(path)
 
     def batches(self, data: img.ImageSet, meta: dict[str, Any], train: bool = False) -> img.ImageBatches:
         d, t = self.cfg.data, self.cfg.train
