@@ -47,20 +47,22 @@ def main() -> None:
         }
         rows = []
         for name, extra in variants.items():
-            accs, walls = [], []
+            accs, walls, rss = [], [], []
             for seed in range(a.repeats):
                 args = [*target, *[str(source_dir) if x == "SOURCE" else x for x in extra], "--seed", str(seed)]
                 s = run_lamina([*args, "--out", str(Path(tmp) / f"{name}-{seed}".replace(" ", "_").replace(",", "")),
                                 "--json", "--quiet"])  # fmt: skip
                 accs.append(s["metrics"]["test"]["accuracy"])
                 walls.append(s["wall_s"])
+                rss.append(s["peak_rss_mib"])
                 print(json.dumps({"variant": name, "seed": seed, "test_accuracy": accs[-1]}), flush=True)
             rows.append({"target run": name, "command": f"`{command_line([*target, *extra])}`",
                          "test accuracy, classes 5-9 (median)": f"{median(accs):.2%}",
-                         "all seeds": ", ".join(f"{x:.2%}" for x in accs), "wall s": f"{median(walls):.1f}"})  # fmt: skip
+                         "all seeds": ", ".join(f"{x:.2%}" for x in accs), "wall s": f"{median(walls):.1f}",
+                         "peak RSS MiB": max(rss)})  # fmt: skip
     body = (
         f"Source run: `{command_line(source_args)}` — test accuracy on classes 0-4: "
-        f"{source['metrics']['test']['accuracy']:.2%} ({source['wall_s']:.0f} s).\n\n"
+        f"{source['metrics']['test']['accuracy']:.2%} ({source['wall_s']:.0f} s, peak RSS {source['peak_rss_mib']} MiB).\n\n"
         + table(rows, list(rows[0]))
         + "\n\nTarget data: 50 labelled training images per class (250 in all), no validation split; "
         "test: the 5,000 test images of classes 5-9.\n"

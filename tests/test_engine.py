@@ -244,3 +244,20 @@ def test_without_validation_the_latest_weights_are_kept_and_nothing_stops_early(
     assert result.status == "complete" and result.state.best is None and result.best_metrics is None
     saved = ckpt.load_weights(tmp_path / ckpt.WEIGHTS_FILE)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_slow_final_evaluation_still_leaves_half_the_budget_to_training(tmp_path):
+    import time
+
+    def slow_step(model, batch):
+        time.sleep(0.02)
+        return classify_step(model, batch)
+
+    cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 2})
+    started = time.monotonic()
+    # As if the caller had a test set that takes far longer than the budget to evaluate.
+    result = Trainer(_model(), slow_step, _tiny_problem(), None, cfg, tmp_path, Precision(None, torch.device("cpu")),
+                     started=started, reserve_passes=10**9).fit()  # fmt: skip
+    assert result.status == "time-budget"
+    assert result.state.step >= 15  # about 1 s of 20 ms steps, not a single step
+    assert time.monotonic() - started < 2 + 0.5

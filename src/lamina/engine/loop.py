@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -143,8 +144,10 @@ class Trainer:
         self.state = TrainState()
         self.meter = Meter()
         self.elapsed_before = 0.0
-        self.train_rate = self.eval_rate = None  # samples/s, measured
+        self.train_rate: float | None = None  # training samples/s, measured
+        self._eval_rates: list[float] = []  # evaluation samples/s, one per validation pass
         self._interval_start, self._interval_samples = time.perf_counter(), 0
+        self._warm = False  # the first step of a session (kernel selection, allocation) is not timed
         self.history: list[dict[str, Any]] = []
         self.best_metrics: dict[str, float] | None = None
         self._last_saved_step = 0
@@ -216,15 +219,22 @@ class Trainer:
 
     def _reserve(self) -> float:
         """Seconds to keep for what follows training: the last validation pass, the caller's passes, saving.
-        Evaluation speed is measured on validation; until then it is guessed as 3x the training speed
-        (a forward pass costs about a third of forward + backward)."""
+
+        Evaluation speed is the median measured on validation passes; before the first one it is
+        guessed as 3x the training speed (a forward pass costs about a third of forward + backward),
+        and before training speed is known nothing is kept for it. Training always keeps at least half
+        of the budget: a model too slow to evaluate in the other half overruns rather than not train.
+        """
+        t = self.cfg.train
         train_rate = self.train_rate or self._interval_rate()
-        rate = self.eval_rate or 3 * train_rate
+        rate = statistics.median(self._eval_rates) if self._eval_rates else 3 * train_rate
         evaluation = (self.reserve_passes + self.val_samples) / rate if rate > 0 else 0.0
-        return evaluation + FINISHING_SECONDS + 0.01 * self.cfg.train.time_budget
+        return min(evaluation + FINISHING_SECONDS + 0.01 * t.time_budget, 0.5 * t.time_budget)
 
     def _interval_rate(self) -> float:
-        """Training samples/s since the last evaluation (or this session's start), evaluation excluded."""
+        """Training samples/s since the last evaluation (or this session's first step), evaluation excluded."""
+        if not self._interval_samples:
+            return 0.0
         return self._interval_samples / max(time.perf_counter() - self._interval_start, 1e-9)
 
     def _epoch_label(self) -> str:
@@ -236,7 +246,10 @@ class Trainer:
         s = self.state
         s.step, s.batch, s.samples = s.step + 1, s.batch + 1, s.samples + out.n
         self.meter.add(out)
-        self._interval_samples += out.n
+        if self._warm:
+            self._interval_samples += out.n
+        else:  # the clock for speed starts after the first step
+            self._warm, self._interval_start = True, time.perf_counter()
         # Reading a value back waits for the device; on the CPU it is free, elsewhere do it now and then.
         if self._device().type == "cpu" or s.step % 25 == 0:
             loss = out.loss.item()
@@ -259,17 +272,18 @@ class Trainer:
         s, t = self.state, self.cfg.train
         loss = self.meter.mean_loss()
         self._check_finite(loss)
-        self.train_rate = self._interval_rate()
+        self.train_rate = self._interval_rate() or self.train_rate  # nothing timed yet: keep the last figure
         record: dict[str, Any] = {"epoch": round(s.epoch + s.batch / len(self.train_data), 3), "step": s.step,
                                   "train_loss": loss, **self.meter.means()}  # fmt: skip
         val = {}
         if self.evaluate_fn is not None:
             t0 = time.perf_counter()
             val = self.evaluate_fn(self.model)
-            self.eval_rate = self.val_samples / max(time.perf_counter() - t0, 1e-9) if self.val_samples else None
+            if self.val_samples:
+                self._eval_rates.append(self.val_samples / max(time.perf_counter() - t0, 1e-9))
             self.model.train()
             record.update({f"val_{k}": v for k, v in val.items()})
-        record.update({"lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": round(self.train_rate, 1),
+        record.update({"lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": round(self.train_rate or 0, 1),
                        "time": round(self.elapsed(), 2)})  # fmt: skip
         self.history.append(record)
         ckpt.append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
@@ -288,7 +302,7 @@ class Trainer:
         self._save_trainer()
         shown = {k: v for k, v in record.items() if k not in ("epoch", "step", "time", "samples_per_s")}
         where = f"epoch {s.epoch}" if s.batch == 0 else f"step {s.step}"
-        say(f"{where}  {format_metrics(shown)}  {self.train_rate:,.0f} samples/s  {format_seconds(self.elapsed())}"
+        say(f"{where}  {format_metrics(shown)}  {self.train_rate or 0:,.0f} samples/s  {format_seconds(self.elapsed())}"
             + ("  *" if improved else ""), t.quiet)  # fmt: skip
         if t.early_stop and s.evals_since_best >= t.early_stop:
             return "early-stop"

@@ -167,9 +167,10 @@ class ClassifyTask(Task):
     @torch.no_grad()
     def probabilities(self, model: nn.Module, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """Class probabilities (B, K), averaged with the mirrored image when the run trained with flips."""
+        mirrored = self.views() == 2 if tta is None else tta
         with self.precision.autocast():
             p = model(x).float().softmax(1)
-            if (self.views() == 2) if tta is None else tta:
+            if mirrored:
                 p = (p + model(x.flip(-1)).float().softmax(1)) / 2
         return p
 
