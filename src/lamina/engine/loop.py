@@ -193,7 +193,7 @@ class Trainer:
                     if not t.eval_every:
                         status = self._evaluate_and_checkpoint()
             self.bar.clear()
-            if self.state.step == 0:
+            if status == "time-budget" and self.state.step == 0:
                 raise LaminaError(f"the time budget ({t.time_budget:g} s) ran out before the first training step "
                                   f"({self.elapsed():.1f} s had gone on loading); give a larger --time-budget")  # fmt: skip
             if status == "interrupted":
