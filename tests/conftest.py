@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from PIL import Image
 
 CLASSES = ("bars", "columns", "dots")
+# The user's own lamina home (data fetched earlier), read before the tests isolate theirs.
+REAL_LAMINA_HOME = Path(os.environ.get("LAMINA_HOME") or Path.home() / ".cache" / "lamina")
 
 
 def pattern(kind: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

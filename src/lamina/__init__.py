@@ -5,12 +5,13 @@
 """
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "evaluate", "load", "predict", "train"]
+API = ("evaluate", "generate", "inspect_gradients", "load", "predict", "train")
+__all__ = ["__version__", *API]
 
 
 def __getattr__(name: str):
     # The API (and with it torch) loads on first use, so `lamina --help` and the CLI's clock start fast.
-    if name in ("evaluate", "load", "predict", "train"):
+    if name in API:
         from lamina import api
 
         return getattr(api, name)

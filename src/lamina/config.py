@@ -32,6 +32,8 @@ class DataConfig:
     crop_padding: int = 2  # random crops after zero padding by this many pixels (0: off)
     erase: float = 0.0  # probability of random erasing per training image (0: off)
     tta: bool = True  # average predictions over the image and its mirror (when trained with flips)
+    seq_len: int = 128  # characters per window of truncated back-propagation through time (lm)
+    val: str = ""  # validation text file or folder (lm; default: the final val_fraction of the text)
 
 
 @dataclass
@@ -278,6 +280,7 @@ def check(config: RunConfig) -> None:
         (d.image_size >= 0, "data.image_size must not be negative (0: automatic)"),
         (d.crop_padding >= 0, "data.crop_padding must not be negative (0: off)"),
         (0 <= d.erase <= 1, "data.erase must be a probability in [0, 1]"),
+        (d.seq_len >= 1, "data.seq_len must be at least 1"),
         (not t.freeze or bool(t.init), "--freeze needs --init RUN (a trained network to freeze)"),
     ]
     for ok, message in rules:

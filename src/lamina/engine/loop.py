@@ -130,15 +130,16 @@ class Trainer:
     def __init__(self, model: nn.Module, step_fn: Callable[[nn.Module, Any], StepOutput], train: BatchStream,
                  evaluate: Callable[[nn.Module], dict[str, float]] | None, cfg: RunConfig, run_dir: Path,
                  precision: Precision, monitor: tuple[str, str] = ("loss", "min"), started: float | None = None,
-                 reserve_passes: int = 0, val_samples: int = 0):  # fmt: skip
+                 reserve_passes: int = 0, val_samples: int = 0, carry: Any = None):  # fmt: skip
         """`reserve_passes`: sample forward passes the caller runs after fit (e.g. the test set, times its
-        views), kept out of the time budget; `val_samples`: size of the validation set, to time it."""
+        views), kept out of the time budget; `val_samples`: size of the validation set, to time it;
+        `carry`: an object whose state_dict() the step function changes (saved for resume)."""
         self.model, self.step_fn, self.train_data, self.evaluate_fn = model, step_fn, train, evaluate
         self.cfg, self.run_dir, self.precision = cfg, Path(run_dir), precision
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.monitor_key, self.monitor_mode = monitor
         self.started = time.monotonic() if started is None else started
-        self.reserve_passes, self.val_samples = reserve_passes, val_samples
+        self.reserve_passes, self.val_samples, self.carry = reserve_passes, val_samples, carry
         self.optimizer = build_optimizer(model, cfg.optim)
         self.lr_at = lr_factor(cfg.optim)
         self.state = TrainState()
@@ -331,6 +332,7 @@ class Trainer:
             "precision": self.precision.state_dict(),
             "state": asdict(self.state),
             "meter": self.meter.state_dict(),
+            "carry": self.carry.state_dict() if self.carry is not None else {},
             "rng": rng,
         })  # fmt: skip
         self._last_saved_step = self.state.step
@@ -343,6 +345,8 @@ class Trainer:
             self.precision.load_state_dict(saved.get("precision", {}))
             self.state = TrainState(**saved["state"])
             self.meter.load_state_dict(saved["meter"])
+            if self.carry is not None:
+                self.carry.load_state_dict(saved.get("carry", {}))
             torch.set_rng_state(saved["rng"]["torch"])
             cuda_states = saved["rng"].get("cuda", [])
             for i in range(min(len(cuda_states), torch.cuda.device_count())):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from lamina.errors import UsageError, choices
 from lamina.tasks.base import Prepared, Task
 from lamina.tasks.classify import ClassifyTask
+from lamina.tasks.lm import LanguageModelTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask,)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask, LanguageModelTask)}
 
 
 def get_task(name: str) -> type[Task]:

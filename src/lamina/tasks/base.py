@@ -29,6 +29,8 @@ class Prepared:
     test: BatchStream | None
     meta: dict[str, Any]  # labels, vocabularies, input shape, normalisation, data provenance
     model_args: dict[str, Any] = field(default_factory=dict)  # builder arguments implied by the data
+    # Validation measured in full after training, where `val` is a quick estimate during training.
+    final_val: BatchStream | None = None
 
 
 class Task:
@@ -64,6 +66,13 @@ class Task:
 
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Training state the task carries between steps (e.g. a recurrent state), saved for resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: BatchStream, tta: bool | None = None) -> dict[str, float]:

@@ -11,13 +11,13 @@ from torch import nn
 
 from lamina import metrics
 from lamina.data import images as img
-from lamina.data.sources import SOURCES
+from lamina.data.sources import FASHION_MNIST
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, choices
 from lamina.tasks.base import Prepared, Task
 
-DATASETS = {name: source.description for name, source in SOURCES.items()}
+DATASETS = {FASHION_MNIST.name: FASHION_MNIST.description}
 
 
 class ClassifyTask(Task):
@@ -87,7 +87,7 @@ class ClassifyTask(Task):
         meta = {"classes": train.classes, "channels": int(train.images.shape[1]), "image_size": size,
                 "mean": mean, "std": std}  # fmt: skip
         val, test = [align_classes(splits[s], train.classes, size) if splits[s] else None for s in ("val", "test")]
-        source = SOURCES[d.name].locate() if d.name in SOURCES else d.name
+        source = FASHION_MNIST.locate() if d.name == FASHION_MNIST.name else d.name
         meta["data"] = {"name": d.name, "source": str(source or ""), "train": len(train),
                         "val": len(val) if val else 0, "test": len(test) if test else 0}  # fmt: skip
         return Prepared(
@@ -122,7 +122,7 @@ class ClassifyTask(Task):
         return align_classes(data, meta["classes"], meta["image_size"])
 
     def has_split(self, data: str, split: str) -> bool:
-        if data in SOURCES:
+        if data in DATASETS:
             return split in ("train", "val", "test")
         path = Path(data).expanduser()
         return path.is_dir() and split in img.folder_layout(path)

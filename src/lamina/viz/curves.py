@@ -11,9 +11,11 @@ def plot_curves(history: list[dict], path: Path, metric: str) -> Path | None:
     if not history:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    keys = ("loss",) if metric == "loss" else ("loss", metric)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), squeeze=False)
+    axes = axes[0]
     x = [r["epoch"] for r in history]
-    for ax, key in zip(axes, ("loss", metric)):
+    for ax, key in zip(axes, keys):
         for split, style in (("train", "-o"), ("val", "-s")):
             ys = [r.get(f"{split}_{key}") for r in history]
             if any(y is not None for y in ys):

@@ -1,0 +1,201 @@
+"""Text for character-level language models: corpora, a character vocabulary, and stateful batches.
+
+A corpus is held in memory as one tensor of character ids (Shakespeare: 5 M characters, 40 MB).
+Training batches follow char-rnn: the text is cut into B contiguous streams, one per batch row, and
+consecutive batches continue each stream, so a recurrent state carried from one batch to the next
+has really seen the text before it (truncated back-propagation through time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from lamina.data.sources import SHAKESPEARE
+from lamina.errors import LaminaError, UsageError, choices, warn
+
+DATASETS = {SHAKESPEARE.name: SHAKESPEARE.description}
+MAX_FILE_BYTES = 1 << 30
+# Typographic characters and their plain equivalents, for text from outside the vocabulary.
+PLAIN = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-", "\u2026": "...",
+         "\u00a0": " ", "\t": " ", "\r": ""}  # fmt: skip
+
+
+@dataclass
+class Corpus:
+    train: str
+    val: str
+    source: dict[str, Any] = field(default_factory=dict)  # name, files, sizes, SHA-256: saved in the run
+
+
+# ----- reading text ----------------------------------------------------------------------------
+def decode(data: bytes, where: str | Path) -> str:
+    """UTF-8 text, or a one-line error for binary or undecodable files."""
+    if b"\x00" in data[:65536]:
+        raise LaminaError(f"{where} is a binary file, not UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LaminaError(f"{where} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def read_text(path: Path) -> tuple[str, list[str]]:
+    """(text, files used) of a text file, or of every file in a folder, sorted by relative path and
+    concatenated. In a folder, binary and non-UTF-8 files are skipped with a warning."""
+    if path.is_file():
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise LaminaError(f"{path} is larger than 1 GiB; split it into a folder of files")
+        text = decode(path.read_bytes(), path)
+        if not text.strip():
+            raise LaminaError(f"{path} holds no text")
+        return text, [path.name]
+    if not path.is_dir():
+        raise LaminaError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
+    parts, used = [], []
+    for p in files:
+        try:
+            parts.append(decode(p.read_bytes(), p))
+            used.append(str(p.relative_to(path)))
+        except LaminaError as exc:
+            warn(f"skipped {exc}")
+    text = "".join(parts)
+    if not text.strip():
+        raise LaminaError(f"{path} holds no text files" if not files else f"{path} holds no readable text")
+    return text, used
+
+
+def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Corpus:
+    """A named corpus or a path; validation is `val_path` if given, else the final `val_fraction` of
+    the characters (for Shakespeare: whole plays the model never saw in training)."""
+    if name == SHAKESPEARE.name:
+        files = SHAKESPEARE.files()
+        text = "".join(data.decode("utf-8") for _, data in files)
+        names = [n for n, _ in files]
+        origin = str(SHAKESPEARE.locate())
+    else:
+        path = Path(name).expanduser()
+        if not path.exists() and "/" not in name and not name.startswith(("~", ".")):
+            raise UsageError(f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a text file or folder")
+        text, names = read_text(path)
+        origin = str(path)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if name == SHAKESPEARE.name and digest != SHAKESPEARE.sha256:
+        raise LaminaError(f"{origin} does not hold the expected Shakespeare texts (SHA-256 mismatch); "
+                          f"delete it and fetch it again: {SHAKESPEARE.install_hint}")  # fmt: skip
+    if val_path:
+        val, _ = read_text(Path(val_path).expanduser())
+        train = text
+    else:
+        cut = int(len(text) * (1 - val_fraction))
+        train, val = text[:cut], text[cut:]
+    if len(train) < 2 or len(val) < 2:
+        raise LaminaError(f"{name} is too short to split into training and validation text ({len(text)} characters)")
+    source = {"name": name, "source": origin, "files": len(names), "characters": len(text), "sha256": digest,
+              "train": len(train), "val": len(val)}  # fmt: skip
+    return Corpus(train, val, source)
+
+
+# ----- characters <-> ids ----------------------------------------------------------------------
+class Vocab:
+    """The characters a model knows, in sorted order; id i is chars[i]."""
+
+    def __init__(self, chars: str):
+        self.chars = chars
+        self.index = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def build(cls, text: str) -> Vocab:
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def fold(self, text: str, what: str = "the text") -> str:
+        """`text` with characters outside the vocabulary replaced by known look-alikes where there are
+        some (curly quotes -> straight, accented -> plain letters, tabs -> spaces) and dropped otherwise;
+        warns once, naming them."""
+        if all(c in self.index for c in text):
+            return text
+        out, unknown = [], set()
+        for c in text:
+            if c in self.index:
+                out.append(c)
+                continue
+            unknown.add(c)
+            plain = PLAIN.get(c, "".join(ch for ch in unicodedata.normalize("NFKD", c) if not unicodedata.combining(ch)))
+            if plain.isspace() and plain not in self.index and " " in self.index:
+                plain = " "
+            out.append("".join(ch for ch in plain if ch in self.index))
+        shown = "".join(sorted(unknown))[:20]
+        warn(f"{what} has {len(unknown)} character(s) the model does not know ({shown!r}); "
+             "replaced by known look-alikes where possible, otherwise dropped")  # fmt: skip
+        return "".join(out)
+
+    def encode(self, text: str, what: str = "the text") -> torch.Tensor:
+        """Ids (N,) int64; vectorised, since corpora run to millions of characters."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        known = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)  # sorted, as chars is
+        where = np.searchsorted(known, codes).clip(0, len(known) - 1)
+        if len(codes) and not (known[where] == codes).all():
+            return self.encode(self.fold(text, what))
+        return torch.from_numpy(where.astype(np.int64))
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        return "".join(self.chars[i] for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids))
+
+
+# ----- batches ---------------------------------------------------------------------------------
+class TextStreams:
+    """Batches (x, y, i) of `rows` parallel streams of text, `seq_len` characters at a time; y is x
+    shifted by one character and i the batch's index in its epoch (0: streams start afresh).
+
+    Contiguous (default): the text is cut into `rows` equal streams. In training each epoch starts at
+    a different offset (seeded), so window boundaries move. With `length`, the streams are instead
+    `rows` windows of that many characters spread evenly over the text: a fixed sample, used to
+    estimate the validation loss quickly during training.
+    """
+
+    def __init__(self, tokens: torch.Tensor, rows: int, seq_len: int, *, train: bool = False, seed: int = 0,
+                 length: int = 0, device: torch.device | str = "cpu"):  # fmt: skip
+        n = len(tokens)
+        self.tokens = tokens.to(device)
+        self.train, self.seed, self.seq_len = train, seed, seq_len
+        self.rows = max(1, min(rows, (n - 1) // 2))
+        if length:
+            self.length = min(length, n - 1)
+        else:  # room for the largest epoch offset
+            self.length = (n - 1 - (seq_len - 1 if train else 0)) // self.rows
+        self.spread = bool(length)
+        if self.length < 1:
+            raise LaminaError(f"the text ({n} characters) is too short for {rows} streams")
+        self.batches = -(-self.length // seq_len) if not train else max(1, self.length // seq_len)
+        self.n_samples = self.rows * min(self.length, self.batches * seq_len)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def starts(self, index: int) -> torch.Tensor:
+        n = len(self.tokens)
+        if self.spread:
+            step = (n - 1 - self.length) / max(self.rows - 1, 1)
+            return torch.tensor([round(r * step) for r in range(self.rows)], dtype=torch.long)
+        offset = 0
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            offset = int(torch.randint(self.seq_len, (1,), generator=g))
+        return offset + torch.arange(self.rows) * self.length
+
+    def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        span = min(self.length, self.batches * self.seq_len)
+        where = self.starts(index).to(self.tokens.device)[:, None] + torch.arange(span + 1, device=self.tokens.device)
+        streams = self.tokens[where]  # (rows, span + 1)
+        for i in range(start, self.batches):
+            a, b = i * self.seq_len, min((i + 1) * self.seq_len, span)
+            yield streams[:, a:b], streams[:, a + 1 : b + 1], i

@@ -1,0 +1,145 @@
+"""Character-level recurrent language models: vanilla RNN (tanh), LSTM and GRU.
+
+    embedding -> N recurrent layers -> (projection) -> logits over the vocabulary
+
+One class for the three cells, thin registered builders per cell. The interface every language
+model in lamina shares: ``forward(x, targets=None, state=None) -> (logits, loss, state)`` and
+``generate(...)``, which yields one token at a time so callers can stream text as it is produced.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lamina.models.registry import register_model
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h, or (h, c) for an LSTM; each (layers, B, H)
+
+
+class CharRNN(nn.Module):
+    def __init__(self, cell: str = "lstm", vocab_size: int = 84, embed: int = 64, hidden: int = 512, layers: int = 1,
+                 dropout: float = 0.0, tie: bool = False):  # fmt: skip
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, not {cell!r}")
+        if min(vocab_size, embed, hidden, layers) < 1:
+            raise ValueError("vocab_size, embed, hidden and layers must be at least 1")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+        self.cell, self.vocab_size, self.hidden, self.layers = cell, vocab_size, hidden, layers
+        self.embed = nn.Embedding(vocab_size, embed)
+        extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+        self.rnn = CELLS[cell](embed, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0, **extra)
+        self.drop = nn.Dropout(dropout)
+        # Weight tying (Press & Wolf 2017) shares the embedding with the output layer; a hidden size
+        # that differs from the embedding size goes through a projection first.
+        self.proj = nn.Linear(hidden, embed) if tie and hidden != embed else None
+        self.head = nn.Linear(embed if tie else hidden, vocab_size)
+        if tie:
+            self.head.weight = self.embed.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.cell == "lstm":
+            # Forget gates start mostly open (bias 1, Jozefowicz et al. 2015): memory is kept by default.
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    with torch.no_grad():
+                        p[self.hidden : 2 * self.hidden].fill_(1.0)
+                elif name.startswith("bias_hh"):
+                    with torch.no_grad():
+                        p[self.hidden : 2 * self.hidden].zero_()
+
+    def init_state(self, batch: int, device: torch.device | None = None) -> State:
+        h = torch.zeros(self.layers, batch, self.hidden, device=device or self.embed.weight.device)
+        return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        out = self.drop(out)
+        if self.proj is not None:
+            out = self.proj(out)
+        return self.head(out)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state: State | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, State]:  # fmt: skip
+        """x: (B, T) token ids -> logits (B, T, V), mean cross-entropy against targets (B, T) or None, new state."""
+        emb = self.drop(self.embed(x))  # (B, T, E)
+        out, state = self.rnn(emb, state)  # (B, T, H)
+        logits = self.logits(out)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        return logits, loss, state
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, length: int, temperature: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> Iterator[int]:  # fmt: skip
+        """Sample `length` tokens after `prompt` (1-D ids, at least one), yielding each as it is drawn."""
+        logits, _, state = self(prompt[None])  # the prompt is read in one pass
+        last = logits[0, -1].float()
+        for _ in range(length):
+            last = last / temperature
+            if top_k and top_k < last.numel():
+                kth = torch.topk(last, top_k).values[-1]
+                last = last.masked_fill(last < kth, float("-inf"))
+            token = torch.multinomial(last.softmax(-1), 1, generator=generator)  # (1,)
+            yield int(token)
+            logits, _, state = self(token[None], state=state)
+            last = logits[0, -1].float()
+
+    @torch.no_grad()
+    def beam_search(self, prompt: torch.Tensor, length: int, beam: int) -> tuple[list[int], float]:
+        """The most likely continuation of `length` tokens under the model (beam search); returns
+        (tokens, total log-probability)."""
+        logits, _, state = self(prompt[None])
+        logp = logits[0, -1].float().log_softmax(-1)  # (V,)
+        scores, first = logp.topk(min(beam, logp.numel()))  # (K,)
+        seqs = first[:, None]  # (K, 1)
+        state = _repeat_state(state, len(first))
+        for _ in range(length - 1):
+            logits, _, state = self(seqs[:, -1:], state=state)
+            total = scores[:, None] + logits[:, -1].float().log_softmax(-1)  # (K, V)
+            scores, flat = total.flatten().topk(min(beam, total.numel()))
+            parent, token = flat // total.shape[1], flat % total.shape[1]
+            seqs = torch.cat([seqs[parent], token[:, None]], dim=1)
+            state = _select_state(state, parent)
+        return seqs[0].tolist(), float(scores[0])
+
+
+def _repeat_state(state: State, k: int) -> State:
+    if isinstance(state, tuple):
+        return tuple(s.repeat(1, k, 1) for s in state)  # type: ignore[return-value]
+    return state.repeat(1, k, 1)
+
+
+def _select_state(state: State, rows: torch.Tensor) -> State:
+    if isinstance(state, tuple):
+        return tuple(s[:, rows] for s in state)  # type: ignore[return-value]
+    return state[:, rows]
+
+
+def detach_state(state: State | None) -> State | None:
+    """Truncated back-propagation through time: the state carries over, its history does not."""
+    if state is None:
+        return None
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()  # type: ignore[return-value]
+
+
+@register_model("lm", "rnn", "vanilla RNN (tanh) character language model, Elman 1990")
+def rnn(**kwargs) -> CharRNN:
+    return CharRNN(cell="rnn", **kwargs)
+
+
+@register_model("lm", "lstm", "LSTM character language model (gated memory cell), Hochreiter & Schmidhuber 1997")
+def lstm(**kwargs) -> CharRNN:
+    return CharRNN(cell="lstm", **kwargs)
+
+
+@register_model("lm", "gru", "GRU character language model (gated recurrent unit), Cho et al. 2014")
+def gru(**kwargs) -> CharRNN:
+    return CharRNN(cell="gru", **kwargs)
