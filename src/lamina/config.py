@@ -34,6 +34,7 @@ class DataConfig:
     tta: bool = True  # average predictions over the image and its mirror (when trained with flips)
     seq_len: int = 128  # characters per window of truncated back-propagation through time (lm)
     val: str = ""  # validation text file or folder (lm; default: the final val_fraction of the text)
+    state_reset: float = 0.02  # chance per batch row that the carried recurrent state starts afresh (lm)
 
 
 @dataclass
@@ -281,6 +282,7 @@ def check(config: RunConfig) -> None:
         (d.crop_padding >= 0, "data.crop_padding must not be negative (0: off)"),
         (0 <= d.erase <= 1, "data.erase must be a probability in [0, 1]"),
         (d.seq_len >= 1, "data.seq_len must be at least 1"),
+        (0 <= d.state_reset <= 1, "data.state_reset must be a probability in [0, 1]"),
         (not t.freeze or bool(t.init), "--freeze needs --init RUN (a trained network to freeze)"),
     ]
     for ok, message in rules:

@@ -153,20 +153,23 @@ class Vocab:
 
 # ----- batches ---------------------------------------------------------------------------------
 class TextStreams:
-    """Batches (x, y, i) of `rows` parallel streams of text, `seq_len` characters at a time; y is x
-    shifted by one character and i the batch's index in its epoch (0: streams start afresh).
+    """Batches (x, y, fresh) of `rows` parallel streams of text, `seq_len` characters at a time; y is x
+    shifted by one character and fresh (rows,) a CPU bool mask of the rows whose recurrent state must
+    start afresh (all of them in an epoch's first batch).
 
     Contiguous (default): the text is cut into `rows` equal streams. In training each epoch starts at
-    a different offset (seeded), so window boundaries move. With `length`, the streams are instead
+    a different offset (seeded), so window boundaries move, and each row also starts afresh with
+    probability `reset` per batch (seeded): a network that only ever continues a warm state can be
+    lost when it starts cold, as generation and evaluation do. With `length`, the streams are instead
     `rows` windows of that many characters spread evenly over the text: a fixed sample, used to
     estimate the validation loss quickly during training.
     """
 
     def __init__(self, tokens: torch.Tensor, rows: int, seq_len: int, *, train: bool = False, seed: int = 0,
-                 length: int = 0, device: torch.device | str = "cpu"):  # fmt: skip
+                 length: int = 0, reset: float = 0.0, device: torch.device | str = "cpu"):  # fmt: skip
         n = len(tokens)
         self.tokens = tokens.to(device)
-        self.train, self.seed, self.seq_len = train, seed, seq_len
+        self.train, self.seed, self.seq_len, self.reset = train, seed, seq_len, reset
         self.rows = max(1, min(rows, (n - 1) // 2))
         if length:
             self.length = min(length, n - 1)
@@ -192,10 +195,14 @@ class TextStreams:
             offset = int(torch.randint(self.seq_len, (1,), generator=g))
         return offset + torch.arange(self.rows) * self.length
 
-    def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         span = min(self.length, self.batches * self.seq_len)
         where = self.starts(index).to(self.tokens.device)[:, None] + torch.arange(span + 1, device=self.tokens.device)
         streams = self.tokens[where]  # (rows, span + 1)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index + 7)
+        fresh = torch.rand(self.batches, self.rows, generator=g) < self.reset if self.train else torch.zeros(
+            self.batches, self.rows, dtype=torch.bool)  # fmt: skip
+        fresh[0] = True
         for i in range(start, self.batches):
             a, b = i * self.seq_len, min((i + 1) * self.seq_len, span)
-            yield streams[:, a:b], streams[:, a + 1 : b + 1], i
+            yield streams[:, a:b], streams[:, a + 1 : b + 1], fresh[i]

@@ -64,7 +64,8 @@ class LanguageModelTask(Task):
             raise LaminaError(f"the training text ({len(train_ids)} characters) is shorter than data.seq_len ({d.seq_len})")
         meta = {"vocab": vocab.chars, "data": corpus.source}
         return Prepared(
-            train=text.TextStreams(train_ids, t.batch_size, d.seq_len, train=True, seed=t.seed, device=self.device),
+            train=text.TextStreams(train_ids, t.batch_size, d.seq_len, train=True, seed=t.seed, reset=d.state_reset,
+                                   device=self.device),  # fmt: skip
             val=self.estimate_streams(val_ids),
             test=None,
             final_val=self.streams(val_ids),
@@ -101,10 +102,8 @@ class LanguageModelTask(Task):
 
     # ----- loss and metrics -----------------------------------------------------------------------
     def step(self, model: nn.Module, batch) -> StepOutput:
-        x, y, i = batch  # (B, T), (B, T), index in the epoch
-        if i == 0:
-            self.carried = None  # a new epoch: the streams start afresh
-        _, loss, state = model(x, y, self.carried)
+        x, y, fresh = batch  # (B, T), (B, T), (B,) rows whose state starts afresh
+        _, loss, state = model(x, y, restart(self.carried, fresh))
         self.carried = detach_state(state)
         return StepOutput(loss, y.numel())
 
@@ -112,9 +111,8 @@ class LanguageModelTask(Task):
     def evaluate(self, model: nn.Module, batches: text.TextStreams, tta: bool | None = None) -> dict[str, float]:
         model.eval()
         total, count, state = torch.zeros((), device=self.device), 0, None
-        for x, y, i in batches.epoch():
-            if i == 0:
-                state = None
+        for x, y, fresh in batches.epoch():
+            state = restart(state, fresh)
             with self.precision.autocast():
                 logits, _, state = model(x, None, state)
             total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
@@ -199,6 +197,16 @@ class LanguageModelTask(Task):
         x, y, _ = next(windows.epoch())
         tokens = torch.cat([x, y[:, -1:]], dim=1)  # (rows, steps + 2)
         return gradient_flow(model, tokens, steps)
+
+
+def restart(state, fresh: torch.Tensor):
+    """The carried state with the rows marked `fresh` set to zero (None: all of them)."""
+    if state is None or fresh.all():
+        return None
+    if not fresh.any():
+        return state
+    keep = (~fresh).to(device=(state[0] if isinstance(state, tuple) else state).device)[None, :, None]
+    return tuple(s * keep for s in state) if isinstance(state, tuple) else state * keep
 
 
 def nats(loss: float) -> dict[str, float]:
