@@ -290,3 +290,19 @@ def test_lm_models_are_listed(capsys):
     code, out, _ = run_cli(capsys, "models", "lm")
     assert code == 0 and "lstm" in out and "gru" in out and "rnn" in out
     assert os.linesep in out
+
+
+def test_generate_checks_its_arguments_before_any_text(lm_run):
+    run = lamina.load(lm_run["run"], device="cpu")
+    with pytest.raises(UsageError, match="temperature"):
+        run.generate("the", 5, temperature=0)  # at the call, not at the first character
+    assert len("".join(run.generate("the", 5, temperature=1e-30, seed=0))) == 5  # tiny but positive: greedy-like
+
+
+def test_a_short_text_trains_with_fewer_rows(tmp_path, capsys):
+    path = tmp_path / "short.txt"
+    path.write_text(VERSE * 3)  # 90% of it is room for 14 streams of 16 characters
+    summary = lamina.train("lm", data=str(path), epochs=1, batch_size=64, out=str(tmp_path / "r"), quiet=True,
+                           sets=TINY)  # fmt: skip
+    assert summary["status"] == "complete"
+    assert "training with 14 rows per batch instead of 64" in capsys.readouterr().err

@@ -127,6 +127,8 @@ def inspect_gradients(runs: list[str | Path], steps: int = 200, rows: int = 16, 
     for path in runs:
         run = load(path, device, task="lm")
         label = f"{Path(path).name} ({run.info['model']['name']})"
+        if label in curves:  # runs of the same name in different folders
+            label = f"{path} ({run.info['model']['name']})"
         curves[label] = run.task.gradient_flow(run.model, run.meta, steps, rows)
     plot = plot_gradient_flow(curves, Path(out))
     return {"steps": steps, "rows": rows, "curves": curves, "plot": str(plot)}
@@ -234,11 +236,12 @@ def _normalise(task_cls: type[Task], cfg: RunConfig) -> RunConfig:
 
 def _check_same_data(run_dir: Path, saved: dict[str, Any], meta: dict[str, Any]) -> None:
     """Resuming on different data would silently change the data order."""
-    differ = [k for k in ("classes", "channels", "image_size") if k in saved and saved[k] != meta.get(k)]
-    counts = {k: v for k, v in saved.get("data", {}).items() if k in ("train", "val", "test")}
-    if differ or any(meta.get("data", {}).get(k) != v for k, v in counts.items()):
-        raise LaminaError(f"the data of {run_dir} changed since the run started "
-                          f"({', '.join(differ) or 'number of images'}); resume needs the same data")  # fmt: skip
+    differ = [k for k in ("classes", "channels", "image_size", "vocab") if k in saved and saved[k] != meta.get(k)]
+    recorded = {k: v for k, v in saved.get("data", {}).items() if k in ("train", "val", "test", "sha256")}
+    differ += [k for k, v in recorded.items() if meta.get("data", {}).get(k) != v]
+    if differ:
+        raise LaminaError(f"the data of {run_dir} changed since the run started ({', '.join(differ)} differ); "
+                          "resume needs the same data")  # fmt: skip
 
 
 def train(task: str, *, out: str | Path | None = None, resume: bool = False, config_file: str | Path | None = None,

@@ -176,6 +176,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     run = api.load(a.run, a.device)
     if a.seed is not None and not 0 <= a.seed < 2**63:
         raise UsageError("--seed must be in [0, 2**63)")
+    if a.beam and (a.temperature != 1.0 or a.top_k or a.seed is not None):
+        from lamina.errors import warn
+
+        warn("--beam finds the most likely continuation: --temperature, --top-k and --seed do not apply")
     pieces = run.generate(a.prompt, a.length, temperature=a.temperature, top_k=a.top_k, seed=a.seed, beam=a.beam)
     started, first, out = time.perf_counter(), None, []
     if not a.json:

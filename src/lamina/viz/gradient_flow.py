@@ -20,8 +20,8 @@ def gradient_flow(model: CharRNN, tokens: torch.Tensor, steps: int) -> list[floa
     """Mean over the batch of ||dL_T / dh_(T-t)|| for t = 0..steps (h: every layer's hidden state).
 
     tokens: (B, steps + 2) ids; the model reads the first steps + 1 and the loss is the cross-entropy
-    of the last one. Runs on the CPU in fp32, the model one position at a time so that every hidden
-    state is a tensor whose gradient can be read.
+    of the last one. Runs in fp32 on the model's device (`lamina inspect` uses the CPU), one position
+    at a time so that every hidden state is a tensor whose gradient can be read.
     """
     if tokens.shape[1] < steps + 2:
         raise ValueError(f"need {steps + 2} tokens per row, got {tokens.shape[1]}")
