@@ -53,18 +53,22 @@ def main() -> None:
                 out = str(Path(tmp) / f"{cell}-clip{clip:g}")
                 args = ["train", "lm", "--model", cell, "--time-budget", f"{a.budget:g}", "--set", f"model.hidden={hidden[cell]}",
                         "--set", f"optim.grad_clip={clip:g}"]  # fmt: skip
+                label = f"clip {clip:g}"
                 try:
                     summary = run_lamina([*args, "--out", out, "--json", "--quiet"])
                     loss = summary["metrics"]["val"]["loss"]
-                except RuntimeError:  # e.g. the loss became NaN without clipping: that is a result too
-                    loss = math.nan
+                except RuntimeError:  # a loss that became NaN without clipping is a result too; anything else is not
+                    info = json.loads((Path(out) / "lamina.json").read_text()) if (Path(out) / "lamina.json").is_file() else {}
+                    if info.get("status") != "diverged":
+                        raise
+                    loss, label = math.nan, f"clip {clip:g}, diverged (last good checkpoint measured)"
                 if not (Path(out) / "model.safetensors").is_file():
-                    rows.append(_row(cell, hidden[cell], f"clip {clip:g}", loss, None))
+                    rows.append(_row(cell, hidden[cell], label, loss, None))
                     continue
                 norms = api.inspect_gradients([out], a.steps, 16, Path(tmp) / "one.png")["curves"]
                 norms = next(iter(norms.values()))
-                curves[f"{cell}, clip {clip:g}"] = norms
-                rows.append(_row(cell, hidden[cell], f"clip {clip:g}", loss, norms))
+                curves[f"{cell}, {label.split(' (')[0]}"] = norms
+                rows.append(_row(cell, hidden[cell], label, loss, norms))
                 print(json.dumps(rows[-1]), flush=True)
     plot_gradient_flow(curves, PLOT, "||dL_T/dh_(T-t)||: RNN vs LSTM vs GRU, equal parameters")
     body = table(rows, list(rows[0])) + (
