@@ -3,6 +3,7 @@
     python -m benchmarks.shakespeare                          # the default LSTM recipe (129 s)
     python -m benchmarks.shakespeare --recipes best           # the 15-minute recipe, with a sample
     python -m benchmarks.shakespeare --recipes cells          # RNN vs LSTM vs GRU, equal parameters and time
+    python -m benchmarks.shakespeare --generation RUN...      # generation speed of trained runs, 3 times each
 
 Each run is its own `lamina train lm ... --json` process: the wall clock is the whole command and the
 loss is measured on the full validation text (the final 10% of the corpus: plays never seen in
@@ -71,7 +72,10 @@ def main() -> None:
     p.add_argument("--cells-budget", type=float, default=129, help="seconds per model in the cells table")
     p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     p.add_argument("--keep", metavar="DIR", help="keep the runs in DIR (default: a temporary folder)")
+    p.add_argument("--generation", nargs="+", metavar="RUN", help="only measure generation speed of these runs")
     a = p.parse_args()
+    if a.generation:
+        return generation_table(a)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = a.keep or tmp
@@ -99,6 +103,29 @@ def main() -> None:
             if not a.no_write:
                 append_section(f"Shakespeare: character-level language model, {name} recipe",
                                f"python -m benchmarks.shakespeare --recipes {name}", body)  # fmt: skip
+
+
+def generation_table(a) -> None:
+    import statistics
+
+    rows = []
+    for run in a.generation:
+        info = json.loads((Path(run) / "lamina.json").read_text())
+        m = info["model"]
+        runs = [generation_speed(run) for _ in range(3)]
+        rows.append({
+            "model": m["name"], "hidden": m["args"].get("hidden", 512), "layers": m["args"].get("layers", 1),
+            "parameters": f"{m['parameters']:,}",
+            "generate chars/s (median of 3)": f"{statistics.median(r['chars_per_s'] for r in runs):,.0f}",
+            "first char ms (median)": f"{1000 * statistics.median(r['first_char_s'] for r in runs):.1f}",
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    body = table(rows, list(rows[0])) + (
+        "\n\nEach: `lamina generate RUN --prompt 'ROMEO:' --length 500 --temperature 0.8 --top-k 40 --seed 1 "
+        "--device cpu --json`, batch 1, fp32, one process per measurement; the runs are those of the recipes above.\n")  # fmt: skip
+    if not a.no_write:
+        append_section("Shakespeare: generation speed, batch 1 on the CPU",
+                       "python -m benchmarks.shakespeare --generation RUN...", body)
 
 
 def cells(a, tmp: str) -> None:

@@ -183,6 +183,7 @@ def test_train_save_load_generate_round_trip(lm_run):
     a = "".join(run.generate("the cat", 60, temperature=0.5, seed=7))
     b = "".join(again.generate("the cat", 60, temperature=0.5, seed=7))
     assert a == b and len(a) == 60
+    assert torch.backends.mkldnn.enabled  # generation's per-step kernel choice does not leak out
     assert any(("".join(run.generate("the cat", 60, seed=s))) != a for s in (8, 9, 10))
     greedy = "".join(run.generate("the cat s", 4, beam=3))
     assert greedy == "at o"  # "the cat sat on ...": the most likely continuation

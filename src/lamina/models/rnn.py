@@ -90,7 +90,7 @@ class CharRNN(nn.Module):
         `autocast`: a context factory entered around each forward pass only, never across a yield."""
         state, token = None, prompt[None]  # the prompt is read in one pass
         for _ in range(length):
-            with torch.no_grad(), autocast():
+            with torch.no_grad(), autocast(), _one_step_kernels():
                 logits, _, state = self(token, state=state)
             last = logits[0, -1].float()
             last = (last - last.max()) / temperature  # shifted first: stable for any temperature > 0
@@ -104,19 +104,33 @@ class CharRNN(nn.Module):
     def beam_search(self, prompt: torch.Tensor, length: int, beam: int) -> tuple[list[int], float]:
         """The most likely continuation of `length` tokens under the model (beam search); returns
         (tokens, total log-probability)."""
-        logits, _, state = self(prompt[None])
+        with _one_step_kernels():
+            logits, _, state = self(prompt[None])
         logp = logits[0, -1].float().log_softmax(-1)  # (V,)
         scores, first = logp.topk(min(beam, logp.numel()))  # (K,)
         seqs = first[:, None]  # (K, 1)
         state = _repeat_state(state, len(first))
         for _ in range(length - 1):
-            logits, _, state = self(seqs[:, -1:], state=state)
+            with _one_step_kernels():
+                logits, _, state = self(seqs[:, -1:], state=state)
             total = scores[:, None] + logits[:, -1].float().log_softmax(-1)  # (K, V)
             scores, flat = total.flatten().topk(min(beam, total.numel()))
             parent, token = flat // total.shape[1], flat % total.shape[1]
             seqs = torch.cat([seqs[parent], token[:, None]], dim=1)
             state = _select_state(state, parent)
         return seqs[0].tolist(), float(scores[0])
+
+
+@contextlib.contextmanager
+def _one_step_kernels():
+    """Kernels for one time step at a time. oneDNN's RNN primitive, fast on whole sequences, ran a
+    2-layer LSTM at about 300 steps/s one step at a time on this CPU, against 3,500 with it off."""
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(before)
 
 
 def _repeat_state(state: State, k: int) -> State:
