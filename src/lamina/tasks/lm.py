@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.data import text
-from lamina.data.sources import SHAKESPEARE
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, warn
 from lamina.models.rnn import detach_state
@@ -90,7 +89,7 @@ class LanguageModelTask(Task):
         rows = 32
         if len(ids) <= 2 * ESTIMATE_CHARS:
             return self.streams(ids)
-        return text.TextStreams(ids, rows, EVAL_SEQ_LEN, length=ESTIMATE_CHARS // rows, device=self.device)
+        return text.TextStreams(ids, rows, EVAL_SEQ_LEN, window=ESTIMATE_CHARS // rows, device=self.device)
 
     def has_split(self, data: str, split: str) -> bool:
         return split in ("train", "val")
@@ -206,7 +205,7 @@ class LanguageModelTask(Task):
         ids = text.Vocab(meta["vocab"]).encode(corpus.val, "the validation text")
         if len(ids) < steps + 2:
             raise LaminaError(f"the validation text ({len(ids)} characters) is shorter than {steps + 2} characters")
-        windows = text.TextStreams(ids, rows, steps + 2, length=steps + 1)
+        windows = text.TextStreams(ids, rows, steps + 2, window=steps + 1)
         x, y, _ = next(windows.epoch())
         tokens = torch.cat([x, y[:, -1:]], dim=1)  # (rows, steps + 2)
         return gradient_flow(model, tokens, steps)
@@ -226,5 +225,3 @@ def nats(loss: float) -> dict[str, float]:
     """One loss in its three usual units."""
     return {"loss": loss, "bpc": loss / math.log(2), "perplexity": math.exp(min(loss, 50.0))}
 
-
-__all__ = ["LanguageModelTask", "SHAKESPEARE"]
