@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import time
@@ -42,6 +43,8 @@ SETTINGS = {
     "device": "train.device",
     "amp": "train.amp",
     "val": "data.val",
+    "catalogs": "data.catalogs",
+    "reverse": "data.reverse",
     "init": "train.init",
     "freeze": "train.freeze",
     "quiet": "train.quiet",
@@ -62,17 +65,29 @@ class Run:
     def meta(self) -> dict[str, Any]:
         return self.info["meta"]
 
-    def evaluate(self, data: str | None = None, split: str | None = None, out_dir: str | Path | None = None) -> dict:
-        """Full metrics on a split (default: test where the data has one, else validation) plus plots."""
+    def evaluate(self, data: str | None = None, split: str | None = None, out_dir: str | Path | None = None,
+                 **options) -> dict:  # fmt: skip
+        """Full metrics on a split (default: test where the data has one, else validation) plus plots.
+        `options`: the task's own (translate: beam, length_penalty)."""
         data = data or self.config.data.name
         out_dir = Path(out_dir) if out_dir else self.path
         if split is None:
             split = "test" if self.task.has_split(data, "test") else "val"
-        result = self.task.report(self.model, self.meta, data, split, out_dir)
+        for option in options:
+            if option not in inspect.signature(self.task.report).parameters:
+                raise UsageError(f"--{option.replace('_', '-')} does not apply to a {self.task.name} run")
+        result = self.task.report(self.model, self.meta, data, split, out_dir, **options)
         return {"task": self.task.name, "run": str(self.path), "data": data, "split": split, **result}
 
     def predict(self, inputs: list[str], **options) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, [str(i) for i in inputs], **options)
+
+    def translate(self, texts: list[str], beam: int = 5, length_penalty: float = 1.0, attention: bool = False
+                  ) -> list[dict[str, Any]]:  # fmt: skip
+        """Translations of `texts` (translate runs): greedy for beam 1, else beam search."""
+        if not hasattr(self.task, "translate"):
+            raise UsageError(f"a {self.task.name} run does not translate (that is what translate runs do)")
+        return self.task.translate(self.model, self.meta, list(texts), beam, length_penalty, attention)
 
     def generate(self, prompt: str = "", length: int = 500, **options) -> Iterator[str]:
         """Text after `prompt`, piece by piece as it is produced (tasks that generate: lm)."""
@@ -95,7 +110,7 @@ def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> 
     dev = resolve_device(device)
     # A run trained with fp16 on a GPU is still usable here: inference picks what this device does well.
     amp = "auto" if cfg.train.amp == "fp16" and dev.type != "cuda" else cfg.train.amp
-    task_obj = get_task(info["task"])(cfg, dev, Precision(resolve_amp(amp, dev), dev))
+    task_obj = get_task(info["task"])(cfg, dev, Precision(resolve_amp(amp, dev), dev), run_dir)
     model = _build(task_obj, info["model"]["name"], info["model"]["args"], dev)
     try:
         model.load_state_dict(ckpt.load_weights(run_dir / ckpt.WEIGHTS_FILE, dev))
@@ -106,9 +121,15 @@ def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> 
     return Run(run_dir, info, cfg, task_obj, model)
 
 
-def evaluate(run: str | Path | Run, data: str | None = None, split: str | None = None, device: str = "auto") -> dict:
+def evaluate(run: str | Path | Run, data: str | None = None, split: str | None = None, device: str = "auto",
+             **options) -> dict:  # fmt: skip
     run = run if isinstance(run, Run) else load(run, device)
-    return run.evaluate(data, split)
+    return run.evaluate(data, split, **options)
+
+
+def translate(run: str | Path | Run, texts: list[str], beam: int = 5, device: str = "auto", **options) -> list[dict]:
+    run = run if isinstance(run, Run) else load(run, device)
+    return run.translate(texts, beam, **options)
 
 
 def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **options) -> list[dict[str, Any]]:
@@ -265,7 +286,7 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     precision = Precision(resolve_amp(cfg.train.amp, device), device)
-    task_obj = task_cls(cfg, device, precision)
+    task_obj = task_cls(cfg, device, precision, run_dir)
     prepared = task_obj.prepare(saved_meta)
     if saved_meta is not None:
         _check_same_data(run_dir, saved_meta, prepared.meta)
@@ -277,9 +298,11 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
         model.freeze_features()  # resuming a frozen transfer run: the weights come from trainer.pt
     from lamina.viz import plot  # noqa: F401  (matplotlib loads now, not in the last seconds of a budget)
 
-    run_dir = _claim(run_dir, automatic)
+    run_dir = task_obj.run_dir = _claim(run_dir, automatic)
     if not resume:
         (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)  # the log of a run that died before its checkpoint
+    for name, content in prepared.files.items():
+        ckpt.atomic_write(run_dir / name, lambda tmp, content=content: tmp.write_bytes(content))
     val, test, final_val = prepared.val, prepared.test, prepared.final_val
     after = (test.n_samples * task_obj.views() if test else 0) + (final_val.n_samples if final_val else 0)
     trainer = Trainer(

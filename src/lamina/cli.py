@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("task", help="what to learn, e.g. classify")
     t.add_argument("--data", help="dataset name or path")
     t.add_argument("--val", metavar="PATH", help="validation data (lm: a text file or folder)")
+    t.add_argument("--catalogs", metavar="DIR", help="translate: read gettext .mo/.po files from DIR")
+    t.add_argument("--reverse", action="store_true", default=None, help="translate: swap source and target")
     t.add_argument("--model", help="model name (see: lamina models TASK)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop in time to evaluate and save")
@@ -58,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset name or path (default: the run's own)")
     e.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
     e.add_argument("--device", default="auto", choices=CHOICES["train.device"])
+    e.add_argument("--beam", type=int, metavar="N", help="translate: beam width (default 5; 1: greedy)")
+    e.add_argument("--length-penalty", type=float, metavar="A", help="translate: score / length**A (default 1)")
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="predict labels for inputs (classify: image files; lm: texts, next character)")
@@ -66,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     pr.add_argument("--json", action="store_true")
+
+    tr = sub.add_parser("translate", help="translate sentences with a translate run (lines of stdin without TEXT)")
+    tr.add_argument("run")
+    tr.add_argument("texts", nargs="*", metavar="TEXT")
+    tr.add_argument("--beam", type=int, default=5, metavar="N", help="beam width (1: greedy search)")
+    tr.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
+                    help="hypotheses are scored by log-probability / length**A (0: none)")
+    tr.add_argument("--show-attention", metavar="FILE.png", help="draw the attention of the first sentence")
+    tr.add_argument("--device", default="auto", choices=CHOICES["train.device"])
+    tr.add_argument("--json", action="store_true", help="one JSON object: translations, scores and timings")
 
     g = sub.add_parser("generate", help="generate text with a language-model run")
     g.add_argument("run")
@@ -123,7 +137,10 @@ def cmd_train(a: argparse.Namespace) -> int:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
                 print(f"{split}: {shown}" + (f"  ({m['n']:,} samples)" if "n" in m else ""))
         test = summary.get("metrics", {}).get("test", {})
-        if "accuracy" in test:
+        if "bleu" in test:
+            print(f"test BLEU {test['bleu']:.2f} (greedy) after {summary['seconds']:.1f} s ({summary['epochs']:.2f} "
+                  f"epochs, {summary['precision']}); run saved in {summary['run']}")  # fmt: skip
+        elif "accuracy" in test:
             print(f"test accuracy {test['accuracy']:.2%} after {summary['seconds']:.1f} s ({summary['epochs']:.2f} "
                   f"epochs, {summary['precision']}); run saved in {summary['run']}")  # fmt: skip
         else:
@@ -134,7 +151,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from lamina import api
 
-    result = api.evaluate(a.run, data=a.data, split=a.split, device=a.device)
+    options = {k: v for k, v in (("beam", a.beam), ("length_penalty", a.length_penalty)) if v is not None}
+    result = api.evaluate(a.run, data=a.data, split=a.split, device=a.device, **options)
     if a.json:
         _print_json(result)
         return 0
@@ -143,6 +161,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     for key, value in m.items():
         if isinstance(value, float):
             print(f"  {key:16s} {value:.4f}")
+    if "decoding" in result:
+        print("  decoding         " + ", ".join(f"{k} {v}" for k, v in result["decoding"].items()))
+    for bucket, b in m.get("by_length", {}).items():
+        shown = f"{b['bleu']:7.2f}" if b["bleu"] is not None else "      -"
+        print(f"  BLEU {bucket + ' words':11s} {shown}  ({b['n']:,} sentences)")
+    for path in result.get("files", []):
+        print(f"wrote {path}")
     if "per_class" in m:
         print(f"  {'class':20s} {'precision':>9s} {'recall':>9s} {'f1':>9s} {'support':>8s}")
         for name, c in m["per_class"].items():
@@ -161,6 +186,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     for r in results:
         if "error" in r:
             print(f"lamina: error: {r['error']}", file=sys.stderr)
+        elif not a.json and "translation" in r:
+            print(r["translation"])
         elif not a.json and "next" in r:  # lm: the most likely next characters
             shown = ", ".join(f"{p['char']!r} {p['probability']:.1%}" for p in r["next"])
             print(f"{r['text']!r}: {shown}")
@@ -168,6 +195,40 @@ def cmd_predict(a: argparse.Namespace) -> int:
             shown = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
             print(f"{r['file']}: {shown}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_translate(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    texts = a.texts
+    if not texts:
+        if sys.stdin.isatty():
+            print("lamina: reading sentences from stdin, one per line (Ctrl-D to end)", file=sys.stderr)
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    run = api.load(a.run, a.device, task="translate")
+    started = time.perf_counter()
+    results = run.translate(texts, a.beam, a.length_penalty, attention=bool(a.show_attention))
+    seconds = time.perf_counter() - started
+    if a.show_attention:
+        from lamina.viz.attention import plot_attention
+
+        shown = next((r for r in results if r.get("attention")), None)
+        if shown is None:
+            translated = any("score" in r for r in results)
+            raise LaminaError(f"a {run.info['model']['name']} model has no attention to draw" if translated
+                              else "nothing to draw: no sentence was translated")  # fmt: skip
+        plot_attention(shown["source_pieces"], shown["target_pieces"], shown["attention"], a.show_attention)
+        print(f"wrote {a.show_attention}", file=sys.stderr)
+    if a.json:
+        for r in results:
+            for key in ("attention", "source_pieces", "target_pieces"):
+                r.pop(key, None)
+        _print_json({"translations": results, "beam": a.beam, "length_penalty": a.length_penalty,
+                     "seconds": round(seconds, 4), "sentences_per_s": round(len(results) / max(seconds, 1e-9), 2)})
+    else:
+        for r in results:
+            print(r["translation"])
+    return 0
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -256,7 +317,8 @@ def cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "translate": cmd_translate,
+            "generate": cmd_generate,
             "inspect": cmd_inspect, "models": cmd_models, "data": cmd_data}  # fmt: skip
 
 

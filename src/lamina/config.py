@@ -35,6 +35,10 @@ class DataConfig:
     seq_len: int = 128  # characters per window of truncated back-propagation through time (lm)
     val: str = ""  # validation text file or folder (lm; default: the final val_fraction of the text)
     state_reset: float = 0.02  # chance per batch row that the carried recurrent state starts afresh (lm)
+    catalogs: str = ""  # folder of gettext .mo/.po files to read instead of the system's (translate)
+    reverse: bool = False  # translate the other way: target -> source (translate)
+    vocab_size: int = 8000  # subword vocabulary, shared by both languages (translate)
+    max_tokens: int = 100  # training pairs with a side longer than this many subwords are left out (translate)
 
 
 @dataclass

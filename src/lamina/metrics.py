@@ -39,3 +39,33 @@ def classification_report(cm: torch.Tensor, classes: list[str]) -> dict:
             for i, name in enumerate(classes)
         },  # fmt: skip
     }
+
+
+# ----- translation: sacrebleu's corpus scores on detokenized text ---------------------------------
+LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, None))  # source length in words
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenization, exponential smoothing), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(hypotheses, [references]).score) if hypotheses else 0.0
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (character n-gram F-score, sacrebleu defaults), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score) if hypotheses else 0.0
+
+
+def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[str]) -> dict[str, dict]:
+    """Corpus BLEU within each source-length bucket (words split on spaces): {'1-5': {'bleu', 'n'}, ...};
+    an empty bucket has BLEU None."""
+    out = {}
+    for lo, hi in LENGTH_BUCKETS:
+        chosen = [i for i, s in enumerate(sources) if lo <= len(s.split()) and (hi is None or len(s.split()) <= hi)]
+        name = f"{lo}-{hi}" if hi else f"{lo}+"
+        score = bleu([hypotheses[i] for i in chosen], [references[i] for i in chosen]) if chosen else None
+        out[name] = {"bleu": score, "n": len(chosen)}
+    return out

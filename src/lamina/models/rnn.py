@@ -70,13 +70,7 @@ class CharRNN(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None, State]:  # fmt: skip
         """x: (B, T) token ids -> logits (B, T, V), mean cross-entropy against targets (B, T) or None, new state."""
         emb = self.drop(self.embed(x))  # (B, T, E)
-        if x.is_cuda and torch.is_autocast_enabled("cuda"):
-            # CUDA autocast runs cuDNN RNNs in fp16 whatever dtype it was given, and without a loss
-            # scaler their small gradients underflow: keep the recurrent core in fp32 (TF32) there.
-            with torch.autocast("cuda", enabled=False):
-                out, state = self.rnn(emb.float(), _to_float(state))
-        else:  # on the CPU, bf16 autocast runs oneDNN's RNN kernels, about twice as fast as fp32
-            out, state = self.rnn(emb, state)  # (B, T, H)
+        out, state = run_rnn(self.rnn, emb, state)  # (B, T, H)
         logits = self.logits(out)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -90,7 +84,7 @@ class CharRNN(nn.Module):
         `autocast`: a context factory entered around each forward pass only, never across a yield."""
         state, token = None, prompt[None]  # the prompt is read in one pass
         for _ in range(length):
-            with torch.no_grad(), autocast(), _one_step_kernels():
+            with torch.no_grad(), autocast(), one_step_kernels():
                 logits, _, state = self(token, state=state)
             last = logits[0, -1].float()
             last = (last - last.max()) / temperature  # shifted first: stable for any temperature > 0
@@ -104,14 +98,14 @@ class CharRNN(nn.Module):
     def beam_search(self, prompt: torch.Tensor, length: int, beam: int) -> tuple[list[int], float]:
         """The most likely continuation of `length` tokens under the model (beam search); returns
         (tokens, total log-probability)."""
-        with _one_step_kernels():
+        with one_step_kernels():
             logits, _, state = self(prompt[None])
         logp = logits[0, -1].float().log_softmax(-1)  # (V,)
         scores, first = logp.topk(min(beam, logp.numel()))  # (K,)
         seqs = first[:, None]  # (K, 1)
         state = _repeat_state(state, len(first))
         for _ in range(length - 1):
-            with _one_step_kernels():
+            with one_step_kernels():
                 logits, _, state = self(seqs[:, -1:], state=state)
             total = scores[:, None] + logits[:, -1].float().log_softmax(-1)  # (K, V)
             scores, flat = total.flatten().topk(min(beam, total.numel()))
@@ -121,8 +115,19 @@ class CharRNN(nn.Module):
         return seqs[0].tolist(), float(scores[0])
 
 
+def run_rnn(rnn: nn.RNNBase, x, state: State | None = None):
+    """rnn(x, state), in the precision that suits the device. `x`: a (B, T, E) tensor or a PackedSequence."""
+    if torch.is_autocast_enabled("cuda") and next(rnn.parameters()).is_cuda:
+        # CUDA autocast runs cuDNN RNNs in fp16 whatever dtype it was given, and without a loss
+        # scaler their small gradients underflow: keep the recurrent core in fp32 (TF32) there.
+        with torch.autocast("cuda", enabled=False):
+            x = x.float() if isinstance(x, torch.Tensor) else x._replace(data=x.data.float())
+            return rnn(x, _to_float(state))
+    return rnn(x, state)  # on the CPU, bf16 autocast runs oneDNN's RNN kernels, about twice as fast as fp32
+
+
 @contextlib.contextmanager
-def _one_step_kernels():
+def one_step_kernels():
     """Kernels for one time step at a time. oneDNN's RNN primitive, fast on whole sequences, ran a
     2-layer LSTM at about 300 steps/s one step at a time on this CPU, against 3,500 with it off."""
     before = torch._C._get_mkldnn_enabled()

@@ -6,8 +6,9 @@ from lamina.errors import UsageError, choices
 from lamina.tasks.base import Prepared, Task
 from lamina.tasks.classify import ClassifyTask
 from lamina.tasks.lm import LanguageModelTask
+from lamina.tasks.translate import TranslateTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask, LanguageModelTask)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask, LanguageModelTask, TranslateTask)}
 
 
 def get_task(name: str) -> type[Task]:

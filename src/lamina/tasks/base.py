@@ -31,6 +31,7 @@ class Prepared:
     model_args: dict[str, Any] = field(default_factory=dict)  # builder arguments implied by the data
     # Validation measured in full after training, where `val` is a quick estimate during training.
     final_val: BatchStream | None = None
+    files: dict[str, bytes] = field(default_factory=dict)  # saved in the run directory (e.g. a tokenizer)
 
 
 class Task:
@@ -40,8 +41,9 @@ class Task:
     defaults: dict[str, Any] = {}  # dotted config keys layered over the dataclass defaults
     datasets: dict[str, str] = {}  # registered data names -> one-line description
 
-    def __init__(self, cfg: RunConfig, device: torch.device, precision: Precision):
+    def __init__(self, cfg: RunConfig, device: torch.device, precision: Precision, run_dir: Path | None = None):
         self.cfg, self.device, self.precision = cfg, device, precision
+        self.run_dir = run_dir  # the run's directory, for the files a task keeps there (Prepared.files)
 
     @classmethod
     def normalise_data(cls, name: str) -> str:

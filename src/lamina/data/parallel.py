@@ -1,0 +1,366 @@
+"""Parallel text for translation: sentence pairs from gettext catalogs or a TSV file, cleaned, split,
+tokenized into subwords and batched by length.
+
+    gettext:fr   English -> French messages of every program installed here (/usr/share/locale/fr/...)
+    pairs.tsv    source<TAB>target[<TAB>attribution] per line (the Tatoeba / manythings export format)
+
+Software messages are cleaned as a translator would read them: keyboard accelerators (`_File`,
+`&File`, `(_F)`) go, multi-line and empty entries are skipped, printf and brace placeholders stay as
+they are but must agree between the two sides, plural entries give their singular form, and each
+source sentence keeps one translation (the most frequent). A sentence's split (train/val/test =
+90/5/5) is decided by a hash of its text, so it can never land in two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from lamina.errors import LaminaError, UsageError, warn
+
+LOCALE_DIR = Path("/usr/share/locale")
+SPLITS = {"train": (0, 90), "val": (90, 95), "test": (95, 100)}  # hash buckets out of 100
+PAD, UNK, BOS, EOS = 0, 1, 2, 3  # special token ids of every tokenizer lamina trains
+
+Pair = tuple[str, str]
+
+
+@dataclass
+class ParallelCorpus:
+    train: list[Pair]
+    val: list[Pair]
+    test: list[Pair]
+    source: dict[str, Any] = field(default_factory=dict)  # name, catalogs or file, counts, SHA-256: saved in the run
+
+    def split(self, name: str) -> list[Pair]:
+        return getattr(self, name)
+
+
+# ----- cleaning ----------------------------------------------------------------------------------
+# printf conversions (%s, %3$d, %-10.3lf, %'d, %<PRIu64>), Python's %(name)s, and {0} / {name} / {:>8}.
+PLACEHOLDER = re.compile(
+    r"%(?:\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t|I)?[diouxXeEfFgGaAcspn]"
+    r"|%<\w+>|%\(\w+\)[-#0 +]*\d*(?:\.\d+)?[sdrifxXeEgGc]|\{\w*(?:![rsa])?(?::[^{}]*)?\}"
+)
+ACCEL_PAREN = re.compile(r"\s*\((?:_|&)\w\)")  # "ファイル(_F)": CJK catalogs keep the Latin key in brackets
+ACCEL_MARK = {"_": re.compile(r"(?<![_\w])_(?=\w)|(?<=[A-Za-z])_(?=[A-Za-z])"), "&": re.compile(r"&(?=\w)(?!\w+;)")}
+SPACES = re.compile(r"\s+")
+LETTER = re.compile(r"[^\W\d_]{2}")  # a word-like run: two letters in a row
+
+
+def normalise(text: str) -> str:
+    """NFC, one plain space between words (French no-break spaces included), trimmed."""
+    return SPACES.sub(" ", unicodedata.normalize("NFC", text).replace("\u00a0", " ").replace("\u202f", " ")).strip()
+
+
+def placeholders(text: str) -> list[str]:
+    """The placeholders in `text`, order-free and with positional indices dropped (%2$s -> %s),
+    so a translation that reorders its arguments still agrees with its source."""
+    return sorted(re.sub(r"^%\d+\$", "%", p) for p in PLACEHOLDER.findall(text.replace("%%", "")))
+
+
+def strip_accelerators(source: str, target: str) -> Pair:
+    """Remove a keyboard accelerator marked once on each side (or not at all on the target). Strings
+    where the marker appears more than once are left alone: there it is more likely part of the text
+    (an identifier such as file_name, or 'Q&A')."""
+    target = ACCEL_PAREN.sub("", target)
+    for mark, pattern in ACCEL_MARK.items():
+        ns, nt = len(pattern.findall(source)), len(pattern.findall(target))
+        if ns == 1 and source.count(mark) == 1 and nt <= 1 and target.count(mark) == nt:
+            identifier = re.search(rf"\w+{re.escape(mark)}\w+", source)
+            if identifier and identifier.group(0) in target:  # the same word on both sides: not a marker
+                continue
+            source, target = pattern.sub("", source), pattern.sub("", target)
+    return source, target
+
+
+def clean_pair(source: str, target: str) -> Pair | str:
+    """The cleaned pair, or the reason it is dropped."""
+    source, target = source.strip("\n"), target.strip("\n")
+    if not source.strip() or not target.strip():
+        return "empty"
+    if "\n" in source or "\n" in target:
+        return "multi-line"
+    source, target = strip_accelerators(normalise(source), normalise(target))
+    if not LETTER.search(source):
+        return "no words"
+    if placeholders(source) != placeholders(target):
+        return "placeholders differ"
+    return source, target
+
+
+# ----- gettext catalogs ------------------------------------------------------------------------------
+def available_languages(root: Path | None = None) -> list[str]:
+    root = root or LOCALE_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob("*/LC_MESSAGES") if any(p.glob("*.mo")))
+
+
+def catalog_files(lang: str, catalogs: str = "") -> tuple[Path, list[Path]]:
+    """(folder, .mo/.po files) for `lang`: --catalogs DIR if given, else the system locale folder."""
+    if catalogs:
+        folder = Path(catalogs).expanduser()
+        if not folder.is_dir():
+            raise LaminaError(f"--catalogs {catalogs}: no such folder")
+        files = sorted(p for p in folder.rglob("*") if p.suffix in (".mo", ".po") and p.is_file())
+        if not files:
+            raise LaminaError(f"--catalogs {catalogs} holds no .mo or .po files")
+        return folder, files
+    if not lang or not re.fullmatch(r"[A-Za-z]{2,3}(?:_[A-Za-z]{2})?(?:@\w+)?", lang):
+        raise UsageError(f"gettext:{lang}: give a language code such as gettext:fr")
+    folder = LOCALE_DIR / lang / "LC_MESSAGES"
+    files = sorted(folder.glob("*.mo")) if folder.is_dir() else []
+    if not files:
+        langs = available_languages()
+        have = f"languages with catalogs here: {', '.join(langs)}" if langs else f"no catalogs at all under {LOCALE_DIR}"
+        raise LaminaError(f"no gettext catalogs for {lang!r} on this machine ({have})")
+    return folder, files
+
+
+def read_catalog(path: Path) -> list[tuple[str, str]]:
+    """(msgid, msgstr) of every translated entry of a .mo or .po file: plural entries give their
+    singular form, message contexts are dropped (the text is the same), fuzzy and obsolete entries
+    (.po) and the header are skipped."""
+    import polib
+
+    try:
+        catalog = polib.mofile(str(path)) if path.suffix == ".mo" else polib.pofile(str(path))
+    except (OSError, ValueError, UnicodeDecodeError, IndexError) as exc:
+        warn(f"skipped {path}: not a readable gettext catalog ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        return []
+    pairs = []
+    for entry in catalog:
+        if not entry.msgid or entry.obsolete or "fuzzy" in entry.flags:
+            continue
+        target = entry.msgstr_plural.get(0, "") if entry.msgid_plural else entry.msgstr
+        if target:
+            pairs.append((entry.msgid, target))
+    return pairs
+
+
+def read_gettext(lang: str, catalogs: str = "") -> tuple[list[Pair], dict[str, Any]]:
+    folder, files = catalog_files(lang, catalogs)
+    raw: list[Pair] = []
+    used: dict[str, int] = {}
+    for path in files:
+        entries = read_catalog(path)
+        if entries:
+            used[str(path.relative_to(folder))] = len(entries)
+            raw += entries
+    info = {"source": str(folder), "catalogs": used}
+    return raw, info
+
+
+# ----- TSV pairs -----------------------------------------------------------------------------------
+def read_tsv(path: Path) -> list[Pair]:
+    """Pairs of a TSV file: `source<TAB>target[<TAB>attribution]`, or Tatoeba's four-column
+    `id<TAB>source<TAB>id<TAB>target`. Malformed lines are skipped and reported with their numbers."""
+    from lamina.data.text import decode
+
+    if not path.is_file():
+        raise LaminaError(f"{path}: no such file")
+    text = decode(path.read_bytes(), path)
+    pairs, bad = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) == 4 and fields[0].strip().isdigit() and fields[2].strip().isdigit():
+            fields = [fields[1], fields[3]]
+        if len(fields) not in (2, 3) or not fields[0].strip() or not fields[1].strip():
+            bad.append(number)
+            continue
+        pairs.append((fields[0], fields[1]))
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        warn(f"skipped {len(bad)} malformed line{'s' * (len(bad) > 1)} of {path} (line{'s' * (len(bad) > 1)} {shown}): "
+             "expected source<TAB>target[<TAB>attribution]")  # fmt: skip
+    if not pairs:
+        raise LaminaError(f"{path} holds no source<TAB>target pairs")
+    return pairs
+
+
+# ----- the corpus --------------------------------------------------------------------------------
+def split_of(source: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(source.encode("utf-8")).digest()[:8], "big") % 100
+    return next(name for name, (lo, hi) in SPLITS.items() if lo <= bucket < hi)
+
+
+def build_corpus(raw: Sequence[Pair], reverse: bool = False) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
+    """Clean, de-duplicate by source (keeping the most frequent translation, the first on a tie) and
+    split by hash. Returns the splits and the counts of what was kept and dropped."""
+    dropped: Counter[str] = Counter()
+    targets: dict[str, Counter[str]] = {}
+    for source, target in raw:
+        cleaned = clean_pair(source, target)
+        if isinstance(cleaned, str):
+            dropped[cleaned] += 1
+            continue
+        if reverse:
+            cleaned = cleaned[::-1]
+        targets.setdefault(cleaned[0], Counter())[cleaned[1]] += 1  # Counter keeps first-seen order on ties
+    duplicates = sum(sum(c.values()) for c in targets.values()) - len(targets)
+    splits: dict[str, list[Pair]] = {name: [] for name in SPLITS}
+    for source in sorted(targets):
+        splits[split_of(source)].append((source, targets[source].most_common(1)[0][0]))
+    counts = {"entries": len(raw), "pairs": len(targets), "duplicates": duplicates, "dropped": dict(sorted(dropped.items()))}
+    return splits, counts
+
+
+def corpus_sha256(splits: dict[str, list[Pair]]) -> str:
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        for source, target in splits[name]:
+            digest.update(f"{source}\t{target}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def load_parallel(name: str, catalogs: str = "", reverse: bool = False) -> ParallelCorpus:
+    """A named corpus (gettext:LANG) or a TSV file, cleaned and split."""
+    if name.startswith("gettext:") or (catalogs and name in ("", "gettext")):
+        lang = name.partition(":")[2]
+        raw, info = read_gettext(lang, catalogs)
+        info["language"] = lang
+    else:
+        path = Path(name).expanduser()
+        if not path.exists() and "/" not in name and not name.endswith(".tsv"):
+            raise UsageError(f"unknown dataset {name!r}; give gettext:LANG (e.g. gettext:fr) or a .tsv file of pairs")
+        raw, info = read_tsv(path), {"source": str(path)}
+    splits, counts = build_corpus(raw, reverse)
+    source = {"name": name, **info, "reverse": reverse, **counts, "sha256": corpus_sha256(splits),
+              **{split: len(pairs) for split, pairs in splits.items()}}  # fmt: skip
+    return ParallelCorpus(splits["train"], splits["val"], splits["test"], source)
+
+
+def read_pairs(path: Path, reverse: bool = False) -> list[Pair]:
+    """Every pair of a TSV file for evaluation: normalised like training data, nothing split off."""
+    pairs = []
+    for source, target in read_tsv(path):
+        source, target = normalise(source), normalise(target)
+        pairs.append((target, source) if reverse else (source, target))
+    return pairs
+
+
+# ----- subwords -----------------------------------------------------------------------------------
+class Tokenizer:
+    """A SentencePiece subword model (Kudo & Richardson 2018) shared by both languages. Text is
+    normalised by lamina before it gets here, so the model keeps it as it is (decode(encode(x)) == x);
+    characters never seen in training are spelled out as UTF-8 bytes instead of becoming <unk>."""
+
+    FILE = "tokenizer.model"
+
+    def __init__(self, model: bytes):
+        import sentencepiece as spm
+
+        self.model_bytes = model
+        self.sp = spm.SentencePieceProcessor(model_proto=model)
+
+    @classmethod
+    def train(cls, texts: Sequence[str], vocab_size: int, seed_sentences: int = 0) -> Tokenizer:
+        import sentencepiece as spm
+
+        # The vocabulary holds at least the 4 special ids, 256 bytes and every character seen; a size
+        # the text cannot fill is a soft limit (hard_vocab_limit=False), so tiny corpora work too.
+        alphabet = len({ch for t in texts for ch in t})
+        size = max(vocab_size, 4 + 256 + alphabet + 1)
+        out = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(texts), model_writer=out, vocab_size=size, model_type="unigram",
+                character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
+                pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, num_threads=1, minloglevel=2,
+                hard_vocab_limit=False, max_sentence_length=16384,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            raise LaminaError(f"cannot train the subword tokenizer: {str(exc).splitlines()[0]}") from None
+        return cls(out.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        if not path.is_file():
+            raise LaminaError(f"{path} is missing: the run's tokenizer is needed to read and write text")
+        try:
+            return cls(path.read_bytes())
+        except (RuntimeError, OSError) as exc:
+            raise LaminaError(f"{path} is not a SentencePiece model ({exc})") from None
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.sp.encode(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([int(i) for i in ids if i > EOS])
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
+    def unseen(self, text: str) -> list[str]:
+        """Characters of `text` the tokenizer has no piece for (spelled out as UTF-8 bytes)."""
+        return sorted(ch for ch in set(text) if not ch.isspace() and any(self.sp.is_byte(i) for i in self.sp.encode(ch)))
+
+
+# ----- batches ----------------------------------------------------------------------------------
+def pad(rows: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, T) long tensor of the rows, right-padded with PAD."""
+    width = max(1, max((len(r) for r in rows), default=1))
+    out = torch.full((len(rows), width), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out.to(device)
+
+
+class PairBatches:
+    """Batches of (source, target input, target output), each (B, T) and padded with PAD.
+
+    Training batches hold sentences of similar length (fewer pad positions to compute): the shuffled
+    pairs are cut into pools of 50 batches, each pool sorted by length and cut into batches, and the
+    batches shuffled again. The order depends only on (seed, epoch), so a resumed run sees the same
+    batches. Evaluation batches are simply sorted by length.
+    """
+
+    POOL = 50
+
+    def __init__(self, sources: list[list[int]], targets: list[list[int]], batch_size: int, *, train: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", pairs: list[Pair] | None = None):  # fmt: skip
+        self.sources, self.targets, self.batch_size = sources, targets, batch_size
+        self.pairs = pairs  # the text of each pair, for scores on detokenized output (evaluation)
+        self.train, self.seed, self.device = train, seed, device
+        self.n_samples = len(sources)
+
+    def __len__(self) -> int:
+        return -(-self.n_samples // self.batch_size)
+
+    def order(self, index: int) -> list[list[int]]:
+        length = lambda i: (len(self.sources[i]), len(self.targets[i]))  # noqa: E731
+        if not self.train:
+            ids = sorted(range(self.n_samples), key=length)
+            return [ids[i : i + self.batch_size] for i in range(0, self.n_samples, self.batch_size)]
+        rng = random.Random(self.seed * 1_000_003 + index)
+        ids = list(range(self.n_samples))
+        rng.shuffle(ids)
+        pool = self.POOL * self.batch_size
+        batches = []
+        for p in range(0, len(ids), pool):
+            chunk = sorted(ids[p : p + pool], key=length)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for rows in self.order(index)[start:]:
+            src = pad([[*self.sources[i], EOS] for i in rows], self.device)  # EOS ends every source sentence
+            tgt_in = pad([[BOS, *self.targets[i]] for i in rows], self.device)
+            tgt_out = pad([[*self.targets[i], EOS] for i in rows], self.device)
+            yield src, tgt_in, tgt_out

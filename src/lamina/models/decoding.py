@@ -1,0 +1,129 @@
+"""Search for the most likely output sequence of an encoder-decoder, a batch of sentences at a time.
+
+Works with any model that has ``decode_step(tokens (N,), state, memory) -> (log-probs (N, V), state,
+attention (N, S) or None)``, a recurrent state shaped (layers, N, H) (or a tuple of them) and a
+memory with ``select(rows)``.
+
+    greedy        the most likely token at every step
+    beam_search   the K best partial hypotheses at every step; a hypothesis ends at EOS and is
+                  scored by its log-probability divided by length ** alpha (alpha = 0: raw sum,
+                  which favours short outputs; 1: mean log-probability per token)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lamina.models.rnn import State, one_step_kernels
+
+BOS, EOS = 2, 3  # lamina.data.parallel's special ids
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without BOS and EOS
+    score: float  # log-probability / length ** alpha (length counts the EOS)
+    attention: torch.Tensor | None  # (len(tokens) + 1, S) weights over the source, EOS step included
+
+
+def _select(state: State, rows: torch.Tensor) -> State:
+    return tuple(s[:, rows] for s in state) if isinstance(state, tuple) else state[:, rows]  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def greedy(model, memory, state: State, max_len: int, alpha: float = 1.0) -> list[Hypothesis]:
+    n = memory.mask.shape[0]
+    tokens = torch.full((n,), BOS, dtype=torch.long, device=memory.mask.device)
+    steps, attn, logp_sum = [], [], torch.zeros(n, device=tokens.device)
+    done = torch.zeros(n, dtype=torch.bool, device=tokens.device)
+    with one_step_kernels():
+        for _ in range(max_len):
+            logp, state, weights = model.decode_step(tokens, state, memory)
+            best, tokens = logp.max(-1)
+            logp_sum += best.masked_fill(done, 0.0)
+            steps.append(tokens)
+            attn.append(weights)
+            done |= tokens == EOS
+            if done.all():
+                break
+    out = torch.stack(steps, 1).tolist()  # (N, T)
+    weights = torch.stack(attn, 1) if attn[0] is not None else None  # (N, T, S)
+    results = []
+    for i, row in enumerate(out):
+        length = row.index(EOS) + 1 if EOS in row else len(row)
+        w = weights[i, :length].float().cpu() if weights is not None else None
+        results.append(Hypothesis(row[: length - (EOS in row)], float(logp_sum[i]) / length**alpha, w))
+    return results
+
+
+@torch.no_grad()
+def beam_search(model, memory, state: State, beam: int, max_len: int, alpha: float = 1.0) -> list[Hypothesis]:
+    """Batched beam search. Each step keeps, per sentence, the `beam` best continuing hypotheses
+    among the 2 * beam best extensions; an extension ending in EOS among the top `beam` is finished.
+    A sentence is done once it has `beam` finished hypotheses (with beam 1: exactly greedy search);
+    at max_len the live hypotheses count as finished."""
+    n, k = memory.mask.shape[0], beam
+    device = memory.mask.device
+    rows = torch.arange(n, device=device).repeat_interleave(k)  # hypothesis row -> sentence
+    memory, state = memory.select(rows), _select(state, rows)
+    tokens = torch.full((n * k,), BOS, dtype=torch.long, device=device)
+    scores = torch.full((n, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # one live hypothesis per sentence at the start
+    history = torch.zeros((n * k, 0), dtype=torch.long, device=device)
+    attention: torch.Tensor | None = None
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    done = [False] * n
+    with one_step_kernels():
+        for t in range(max_len):
+            logp, state, weights = model.decode_step(tokens, state, memory)  # (N*K, V)
+            vocab = logp.shape[-1]
+            if weights is not None:  # (N*K, t + 1, S): each hypothesis's attention so far
+                attention = weights.float()[:, None] if attention is None else torch.cat([attention, weights.float()[:, None]], 1)
+            total = (scores[:, :, None] + logp.view(n, k, vocab)).view(n, k * vocab)
+            top, flat = total.topk(min(2 * k, k * vocab), dim=1)  # (N, 2K)
+            parents, words, top_list = (flat // vocab).tolist(), (flat % vocab).tolist(), top.tolist()
+            keep_rows, keep_words, keep_scores = [], [], []
+            for i in range(n):
+                chosen = []
+                if not done[i]:
+                    for rank, (score, parent, word) in enumerate(zip(top_list[i], parents[i], words[i])):
+                        if score == float("-inf"):
+                            break
+                        if word == EOS:
+                            if rank < k:
+                                row = i * k + parent
+                                w = None if attention is None else attention[row].cpu()
+                                finished[i].append(Hypothesis(history[row].tolist(), score / (t + 1) ** alpha, w))
+                            continue
+                        chosen.append((score, parent, word))
+                        if len(chosen) == k:
+                            break
+                    if len(finished[i]) >= k or not chosen:
+                        done[i] = True
+                if done[i]:
+                    chosen = []
+                chosen += [(float("-inf"), 0, EOS)] * (k - len(chosen))  # dead slots keep the shapes
+                keep_rows += [i * k + parent for _, parent, _ in chosen]
+                keep_words += [word for _, _, word in chosen]
+                keep_scores += [score for score, _, _ in chosen]
+            if all(done):
+                break
+            select = torch.tensor(keep_rows, device=device)
+            tokens = torch.tensor(keep_words, device=device)
+            scores = torch.tensor(keep_scores, device=device).view(n, k)
+            state = _select(state, select)
+            history = torch.cat([history[select], tokens[:, None]], dim=1)
+            attention = None if attention is None else attention[select]
+        else:  # out of steps: the live hypotheses count as they are
+            for i in range(n):
+                if done[i]:
+                    continue
+                for j in range(k):
+                    score = float(scores[i, j])
+                    if score > float("-inf"):
+                        row = i * k + j
+                        w = None if attention is None else attention[row].cpu()
+                        finished[i].append(Hypothesis(history[row].tolist(), score / max(history.shape[1], 1) ** alpha, w))
+    return [max(hyps, key=lambda h: h.score) if hyps else Hypothesis([], float("-inf"), None) for hyps in finished]

@@ -1,0 +1,249 @@
+"""Neural machine translation: encoder-decoder networks, with and without attention, on real human
+translations (the gettext catalogs of the programs installed here, or a TSV file of pairs).
+
+The error signal is the cross-entropy of each next target subword given the source and the correct
+target prefix (teacher forcing), with label smoothing. Quality is measured the way the field does:
+corpus BLEU and chrF (sacrebleu) of detokenized output against the reference translations, with
+greedy search during training and beam search (`lamina evaluate --beam`, `lamina translate --beam`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lamina import metrics
+from lamina.data import parallel
+from lamina.data.parallel import EOS, PAD, Tokenizer
+from lamina.engine.checkpoint import atomic_write
+from lamina.engine.loop import StepOutput
+from lamina.errors import LaminaError, UsageError, warn
+from lamina.models import decoding
+from lamina.tasks.base import Prepared, Task
+
+EVAL_BATCH = 64  # sentences per decoding batch (times the beam width in hypotheses)
+DECODE_COST = 4  # a greedy translation costs about this many loss passes of the same sentence (for time budgets)
+
+
+def max_output_tokens(source_tokens: int) -> int:
+    """The longest output searched for: twice the source and some, as translations rarely exceed it."""
+    return 2 * source_tokens + 10
+
+
+class TranslateTask(Task):
+    name = "translate"
+    description = "neural machine translation: encoder-decoder with and without attention, beam search, BLEU"
+    monitor = ("loss", "min")
+    defaults = {
+        "data.name": "gettext:fr",
+        "model.name": "attention",
+        "optim.name": "adamw",
+        "optim.lr": 2e-3,
+        "optim.weight_decay": 0.01,
+        "optim.schedule": "cosine",
+        "optim.warmup": 0.02,
+        "optim.grad_clip": 1.0,
+        "train.batch_size": 64,
+        "train.label_smoothing": 0.1,
+        "train.channels_last": False,
+    }
+    datasets = {"gettext:LANG": "English->LANG messages of the programs installed here (gettext catalogs), e.g. gettext:fr"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tokenizer: Tokenizer | None = None
+        self._corpora: dict[str, parallel.ParallelCorpus] = {}  # read once per command (warnings included)
+
+    @classmethod
+    def normalise_data(cls, name: str) -> str:
+        return name if name.startswith("gettext:") else super().normalise_data(name)
+
+    # ----- data ---------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            if self.run_dir is None:
+                raise LaminaError("no tokenizer: the task has neither trained one nor been given a run directory")
+            self._tokenizer = Tokenizer.load(self.run_dir / Tokenizer.FILE)
+        return self._tokenizer
+
+    def load_corpus(self, data: str | None = None) -> parallel.ParallelCorpus:
+        d, name = self.cfg.data, data or self.cfg.data.name
+        if name not in self._corpora:
+            self._corpora[name] = parallel.load_parallel(name, d.catalogs, d.reverse)
+        return self._corpora[name]
+
+    def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
+        d, t = self.cfg.data, self.cfg.train
+        if d.max_tokens < 1 or d.vocab_size < 1:
+            raise UsageError("data.max_tokens and data.vocab_size must be at least 1")
+        corpus = self.load_corpus()
+        for split in ("train", "val"):
+            if not corpus.split(split):
+                raise LaminaError(f"{d.name} gives no {split} pairs after cleaning ({corpus.source['pairs']} pairs in "
+                                  "all; about 90/5/5 go to train/val/test): give more pairs")  # fmt: skip
+        if previous_meta is None:  # subwords are learnt from the training split only, both languages together
+            self._tokenizer = Tokenizer.train([s for pair in corpus.train for s in pair], d.vocab_size)
+        tok = self.tokenizer
+        sources, targets = tok.encode([s for s, _ in corpus.train]), tok.encode([t for _, t in corpus.train])
+        keep = [i for i in range(len(sources)) if len(sources[i]) <= d.max_tokens and len(targets[i]) <= d.max_tokens]
+        if not keep:
+            raise LaminaError(f"every training pair is longer than data.max_tokens={d.max_tokens} subwords")
+        longest = max(len(sources[i]) for i in keep)
+        meta = {"data": corpus.source, "vocab_size": len(tok), "max_tokens": d.max_tokens, "longest_source": longest,
+                "too_long": len(sources) - len(keep)}  # fmt: skip
+        train = parallel.PairBatches([sources[i] for i in keep], [targets[i] for i in keep], t.batch_size, train=True,
+                                     seed=t.seed, device=self.device)  # fmt: skip
+        return Prepared(
+            train=train,
+            val=self.batches(corpus.val),
+            test=self.batches(corpus.test) if corpus.test else None,
+            meta=meta,
+            model_args={"vocab_size": len(tok)},
+            files={Tokenizer.FILE: tok.model_bytes},
+        )
+
+    def batches(self, pairs: list[parallel.Pair]) -> parallel.PairBatches:
+        tok = self.tokenizer
+        return parallel.PairBatches(tok.encode([s for s, _ in pairs]), tok.encode([t for _, t in pairs]), EVAL_BATCH,
+                                    device=self.device, pairs=pairs)  # fmt: skip
+
+    def has_split(self, data: str, split: str) -> bool:
+        own = data in ("", self.cfg.data.name) or data.startswith("gettext:")
+        return own and (split != "test" or bool(self.load_corpus(data).test))
+
+    def views(self) -> int:
+        return DECODE_COST
+
+    # ----- loss and metrics -----------------------------------------------------------------------
+    def step(self, model: nn.Module, batch) -> StepOutput:
+        src, tgt_in, tgt_out = batch  # (B, S), (B, T), (B, T)
+        _, loss = model(src, tgt_in, tgt_out, label_smoothing=self.cfg.train.label_smoothing)
+        return StepOutput(loss, src.shape[0])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: parallel.PairBatches, tta: bool | None = None) -> dict[str, float]:
+        """Cross-entropy per target subword (no smoothing), perplexity and next-subword accuracy under
+        teacher forcing; at the end of training (tta=None) also BLEU and chrF of greedy translations."""
+        model.eval()
+        total, correct, count = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        for src, tgt_in, tgt_out in batches.epoch():
+            with self.precision.autocast():
+                logits, _ = model(src, tgt_in)
+            real = tgt_out != PAD
+            total += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum")
+            correct += ((logits.argmax(-1) == tgt_out) & real).sum()
+            count += int(real.sum())
+        loss = float(total) / max(count, 1)
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(correct) / max(count, 1)}
+        if tta is None and batches.pairs:
+            hyps = self.translate_ids(model, batches.sources, beam=1)
+            out.update(self.scores(batches.pairs, hyps))
+        return out
+
+    def scores(self, pairs: list[parallel.Pair], hyps: list[decoding.Hypothesis]) -> dict[str, float]:
+        outputs = [self.tokenizer.decode(h.tokens) for h in hyps]
+        refs = [t for _, t in pairs]
+        return {"bleu": metrics.bleu(outputs, refs), "chrf": metrics.chrf(outputs, refs)}
+
+    def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path,
+               beam: int = 5, length_penalty: float = 1.0) -> dict[str, Any]:  # fmt: skip
+        """BLEU and chrF (overall and by source length), loss and perplexity on a split of the run's own
+        corpus (or of another gettext language), or on every pair of a TSV file; writes the
+        translations next to their references."""
+        check_search(beam, length_penalty)
+        if data.startswith("gettext:") or self.normalise_data(data) == self.cfg.data.name:
+            pairs = self.load_corpus(data).split(split)
+        else:
+            pairs, split = parallel.read_pairs(Path(data).expanduser(), self.cfg.data.reverse), "all"
+        if not pairs:
+            raise LaminaError(f"{data} ({split}) holds no sentence pairs")
+        batches = self.batches(pairs)
+        result: dict[str, Any] = self.evaluate(model, batches, tta=False)
+        started = time.perf_counter()
+        hyps = self.translate_ids(model, batches.sources, beam, length_penalty)
+        seconds = time.perf_counter() - started
+        outputs = [self.tokenizer.decode(h.tokens) for h in hyps]
+        result.update(self.scores(pairs, hyps))
+        result["by_length"] = metrics.bleu_by_length([s for s, _ in pairs], outputs, [t for _, t in pairs])
+        result["sentences_per_s"] = len(pairs) / max(seconds, 1e-9)
+        table = "".join(f"{s}\t{t}\t{o}\n" for (s, t), o in zip(pairs, outputs))
+        written = out_dir / f"translations-{split}.tsv"
+        atomic_write(written, lambda tmp: tmp.write_text("source\treference\ttranslation\n" + table, encoding="utf-8"))
+        decoding_settings = {"search": "beam" if beam > 1 else "greedy", "beam": beam, "length_penalty": length_penalty,
+                             "max_len": "2 * source subwords + 10"}  # fmt: skip
+        return {"split": split, "n": len(pairs), "metrics": result, "decoding": decoding_settings,
+                "files": [str(written)]}  # fmt: skip
+
+    # ----- translation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def translate_ids(self, model: nn.Module, sources: list[list[int]], beam: int = 1, length_penalty: float = 1.0
+                      ) -> list[decoding.Hypothesis]:  # fmt: skip
+        """Translations of subword sequences, in batches of similar length; greedy for beam 1. Runs in
+        fp32: decoding goes one step at a time, where autocast re-casts the weights at every step."""
+        model.eval()
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        out: list[decoding.Hypothesis | None] = [None] * len(sources)
+        for b in range(0, len(order), EVAL_BATCH):
+            rows = order[b : b + EVAL_BATCH]
+            src = parallel.pad([[*sources[i], EOS] for i in rows], self.device)
+            memory, state = model.encode(src)
+            limit = max_output_tokens(src.shape[1])
+            if beam <= 1:
+                hyps = decoding.greedy(model, memory, state, limit, length_penalty)
+            else:
+                hyps = decoding.beam_search(model, memory, state, beam, limit, length_penalty)
+            for i, h in zip(rows, hyps):
+                out[i] = h
+        return out  # type: ignore[return-value]
+
+    def translate(self, model: nn.Module, meta: dict[str, Any], texts: list[str], beam: int = 5,
+                  length_penalty: float = 1.0, attention: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+        """One result per text: {'source', 'translation', 'score'} (+ 'source_pieces', 'target_pieces'
+        and the attention weights (target x source) with attention=True). Empty texts give empty
+        translations; texts longer than the model was trained on are cut, with a warning."""
+        check_search(beam, length_penalty)
+        tok, limit = self.tokenizer, meta.get("longest_source", meta.get("max_tokens", 100))
+        results: list[dict[str, Any]] = [{"source": text, "translation": ""} for text in texts]
+        todo, ids, empty, unseen = [], [], [], set()
+        for i, text in enumerate(texts):
+            clean = parallel.normalise(text)
+            if not clean:
+                empty.append(i + 1)
+                continue
+            unseen.update(tok.unseen(clean))
+            encoded = tok.encode([clean])[0]
+            if len(encoded) > limit:
+                warn(f"input {i + 1} has {len(encoded)} subwords, more than the {limit} the model was trained on; "
+                     f"translating its first {limit}")  # fmt: skip
+                encoded = encoded[:limit]
+            todo.append(i)
+            ids.append(encoded)
+        if empty:
+            warn(f"input{'s' * (len(empty) > 1)} {', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''} "
+                 f"{'are' if len(empty) > 1 else 'is'} empty: empty translation")  # fmt: skip
+        if unseen:
+            warn(f"characters never seen in training ({' '.join(sorted(unseen)[:20])}) are read as raw bytes")
+        hyps = self.translate_ids(model, ids, beam, length_penalty) if ids else []
+        for i, src, h in zip(todo, ids, hyps):
+            results[i].update(translation=tok.decode(h.tokens), score=round(h.score, 4))
+            if attention:
+                results[i].update(source_pieces=tok.pieces([*src, EOS]), target_pieces=tok.pieces([*h.tokens, EOS]),
+                                  attention=None if h.attention is None else h.attention.tolist())  # fmt: skip
+        return results
+
+    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options) -> list[dict]:
+        return self.translate(model, meta, inputs, **options)
+
+
+def check_search(beam: int, length_penalty: float) -> None:
+    if beam < 1:
+        raise UsageError("--beam must be at least 1 (1: greedy search)")
+    if not math.isfinite(length_penalty) or length_penalty < 0:
+        raise UsageError("--length-penalty must be a number >= 0 (0: none; 1: mean log-probability per subword)")

@@ -1,0 +1,355 @@
+"""Translation: gettext and TSV readers, cleaning, hash split, subwords, encoder-decoders, search, end to end."""
+
+import json
+import random
+import signal
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+import lamina
+from lamina.data import parallel
+from lamina.engine import checkpoint as ckpt
+from lamina.errors import LaminaError, UsageError
+from lamina.models import decoding, get_model, list_models
+
+from conftest import CPU
+from test_cli import assert_one_line_error, run_cli
+
+WORDS = {"the": "le", "cat": "chat", "dog": "chien", "big": "grand", "small": "petit", "red": "rouge",
+         "eats": "mange", "sees": "voit", "file": "fichier", "open": "ouvre"}  # fmt: skip
+TINY = ["model.hidden=32", "model.embed=16", "data.vocab_size=300", *CPU]
+
+
+def toy_pairs(n: int, seed: int = 0, longest: int = 6) -> list[tuple[str, str]]:
+    """Word-for-word 'translations' of random word strings: learnable in seconds."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = [rng.choice(list(WORDS)) for _ in range(rng.randint(1, longest))]
+        pairs.append((" ".join(words), " ".join(WORDS[w] for w in words)))
+    return pairs
+
+
+def write_tsv(path: Path, pairs, extra_lines=()) -> Path:
+    lines = [f"{s}\t{t}\tCC-BY 2.0 (France) Attribution: tatoeba.org" for s, t in pairs]
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_tsv(tmp_path_factory) -> Path:
+    return write_tsv(tmp_path_factory.mktemp("pairs") / "pairs.tsv", toy_pairs(600))
+
+
+@pytest.fixture(scope="module")
+def nmt_run(toy_tsv, tmp_path_factory):
+    """A small attention model trained until it translates the toy language."""
+    out = tmp_path_factory.mktemp("nmt") / "run"
+    return lamina.train("translate", data=str(toy_tsv), model="attention", epochs=40, lr=5e-3, batch_size=32,
+                        out=str(out), quiet=True, sets=[*TINY, "model.hidden=64", "model.embed=32"])  # fmt: skip
+
+
+# ----- gettext catalogs and cleaning ------------------------------------------------------------------
+def write_mo(path: Path, messages: dict[str, str]) -> Path:
+    """A GNU .mo file written from the format's specification (independent of the reader under test)."""
+    keys = sorted(messages)
+    ids, strs = [k.encode() for k in keys], [messages[k].encode() for k in keys]
+    n, header = len(keys), 7 * 4
+    offsets, data, start = [], b"", header + 16 * n
+    for blob in ids + strs:
+        offsets.append((len(blob), start + len(data)))
+        data += blob + b"\0"
+    table = b"".join(struct.pack("<II", *o) for o in offsets)
+    path.write_bytes(struct.pack("<7I", 0x950412DE, 0, n, header, header + 8 * n, 0, 0) + table + data)
+    return path
+
+
+PO = r'''
+msgid ""
+msgstr "Content-Type: text/plain; charset=UTF-8\n"
+
+msgid "_Open the file"
+msgstr "_Ouvrir le fichier"
+
+#, fuzzy
+msgid "Close"
+msgstr "Fermer"
+
+msgctxt "menu"
+msgid "Save as"
+msgstr "Enregistrer sous"
+
+msgid "%d file deleted"
+msgid_plural "%d files deleted"
+msgstr[0] "%d fichier supprimé"
+msgstr[1] "%d fichiers supprimés"
+
+msgid "first line\nsecond line"
+msgstr "première ligne\nseconde ligne"
+
+msgid "Not translated"
+msgstr ""
+
+msgid "Copy %s to %s"
+msgstr "Copier %s"
+'''
+
+
+def test_gettext_reader_on_po_and_mo_fixtures(tmp_path):
+    catalogs = tmp_path / "catalogs"
+    catalogs.mkdir()
+    (catalogs / "app.po").write_text(PO, encoding="utf-8")
+    write_mo(catalogs / "tool.mo", {"": "Content-Type: text/plain; charset=UTF-8\n", "&Quit the program": "&Quitter le programme",
+                                    "Print %2$s then %1$s": "Imprimer %1$s puis %2$s", "The file": "Le fichier",
+                                    "Save as": "Enregistrer sous"})  # fmt: skip
+    write_mo(catalogs / "other.mo", {"The file": "Le fichier", "Save as": "Sauver sous"})
+    corpus = parallel.load_parallel("gettext", catalogs=str(catalogs))
+    pairs = dict(corpus.train + corpus.val + corpus.test)
+    assert pairs["Open the file"] == "Ouvrir le fichier"  # accelerators stripped on both sides
+    assert pairs["Quit the program"] == "Quitter le programme"
+    assert pairs["%d file deleted"] == "%d fichier supprimé"  # a plural entry gives its singular form
+    assert pairs["Print %2$s then %1$s"] == "Imprimer %1$s puis %2$s"  # reordered placeholders agree
+    assert pairs["Save as"] == "Enregistrer sous"  # the most frequent translation of a duplicated source
+    assert "Close" not in pairs  # fuzzy
+    assert not any("line" in s for s in pairs)  # multi-line
+    assert "Not translated" not in pairs and "Copy %s to %s" not in pairs  # empty, placeholders differ
+    source = corpus.source
+    assert set(source["catalogs"]) == {"app.po", "tool.mo", "other.mo"}
+    assert source["dropped"] == {"multi-line": 1, "placeholders differ": 1}
+    assert source["pairs"] == len(pairs) == 6 and len(source["sha256"]) == 64
+
+
+@pytest.mark.parametrize("source, target, expected", [
+    ("_File", "_Fichier", ("File", "Fichier")),
+    ("Op_en", "_Ouvrir", ("Open", "Ouvrir")),
+    ("&Save", "&Enregistrer", ("Save", "Enregistrer")),
+    ("Open", "開く(_O)", ("Open", "開く")),
+    ("file_name is %s", "file_name vaut %s", ("file_name is %s", "file_name vaut %s")),  # an identifier, not a key
+    ("Q&A and R&D", "Q&R et R&D", ("Q&A and R&D", "Q&R et R&D")),
+    ("Disk  full\u00a0:", "Disque\u00a0plein :", ("Disk full :", "Disque plein :")),
+    ("Line one\nline two", "Ligne un\nligne deux", "multi-line"),
+    ("%s: %s", "%s : %s", "no words"),
+    ("Open %s", "Ouvrir", "placeholders differ"),
+    ("  ", "x", "empty"),
+])  # fmt: skip
+def test_cleaning_as_a_translator_would(source, target, expected):
+    assert parallel.clean_pair(source, target) == expected
+
+
+def test_unknown_language_lists_the_available_ones(capsys, monkeypatch, tmp_path):
+    (tmp_path / "de" / "LC_MESSAGES").mkdir(parents=True)
+    write_mo(tmp_path / "de" / "LC_MESSAGES" / "x.mo", {"Yes": "Ja"})
+    monkeypatch.setattr(parallel, "LOCALE_DIR", tmp_path)
+    code, _, err = run_cli(capsys, "train", "translate", "--data", "gettext:xx", "--epochs", "1")
+    assert code == 1
+    assert_one_line_error(err, "no gettext catalogs for 'xx'", "languages with catalogs here: de")
+
+
+def test_hash_split_never_puts_a_sentence_in_two_splits():
+    raw = [(f"sentence number {i % 500}", f"phrase {i}") for i in range(2000)]  # each source 4 times
+    splits, counts = parallel.build_corpus(raw)
+    seen = {name: {s for s, _ in pairs} for name, pairs in splits.items()}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+    assert sum(map(len, seen.values())) == counts["pairs"] == 500 and counts["duplicates"] == 1500
+    for name, sources in seen.items():
+        assert all(parallel.split_of(s) == name for s in sources)
+    assert 0.85 < len(seen["train"]) / 500 < 0.95  # about 90/5/5
+    reversed_splits, _ = parallel.build_corpus(raw, reverse=True)
+    assert all(parallel.split_of(s) == name for name, pairs in reversed_splits.items() for s, _ in pairs)
+
+
+def test_tsv_reader_skips_malformed_lines_with_their_numbers(tmp_path, capsys):
+    path = write_tsv(tmp_path / "p.tsv", [("Hello", "Bonjour"), ("Thanks", "Merci")],
+                     ["no tab here", "1\tGood night\t2\tBonne nuit", "a\tb\tc\td\te", "\tempty source"])  # fmt: skip
+    pairs = parallel.read_tsv(path)
+    assert pairs == [("Hello", "Bonjour"), ("Thanks", "Merci"), ("Good night", "Bonne nuit")]  # Tatoeba's id format too
+    err = capsys.readouterr().err
+    assert "skipped 3 malformed lines" in err and "lines 3, 5, 6" in err
+    (tmp_path / "bad.tsv").write_text("nothing\nat all\n")
+    with pytest.raises(LaminaError, match="holds no source<TAB>target pairs"):
+        parallel.read_tsv(tmp_path / "bad.tsv")
+
+
+def test_tokenizer_round_trip_and_unseen_characters():
+    texts = [t for pair in toy_pairs(200) for t in pair] + ["Ouvrir « %s » : échec"]
+    tok = parallel.Tokenizer.train(texts, 300)
+    for text in ["the big cat eats", "Ouvrir « %s » : échec"]:
+        assert tok.decode(tok.encode([text])[0]) == text
+    assert tok.unseen("the ☃ cat 日") == ["☃", "日"]
+    assert tok.decode(tok.encode(["the ☃ cat"])[0]) == "the ☃ cat"  # spelled as bytes, not lost
+    assert parallel.Tokenizer(tok.model_bytes).encode(["the cat"]) == tok.encode(["the cat"])
+
+
+def test_length_bucketed_batches_are_reproducible_and_cover_every_pair():
+    rng = random.Random(0)
+    sources = [[5] * rng.randint(1, 30) for _ in range(500)]
+    targets = [[6] * rng.randint(1, 30) for _ in range(500)]
+    batches = parallel.PairBatches(sources, targets, 16, train=True, seed=3)
+    order = batches.order(1)
+    assert sorted(i for b in order for i in b) == list(range(500)) and order == batches.order(1) != batches.order(2)
+    src, tgt_in, tgt_out = next(batches.epoch(1, start=2))
+    assert src.shape[0] == len(order[2]) and (tgt_in[:, 0] == parallel.BOS).all()
+    assert ((tgt_out == parallel.EOS).sum(1) == 1).all() and ((src == parallel.EOS).sum(1) == 1).all()
+    pad_share = sum((b[0] == parallel.PAD).float().mean() for b in batches.epoch(1)) / len(batches)
+    assert pad_share < 0.2  # sorted pools: far less padding than random batches (about 0.5 here)
+
+
+# ----- models and search ------------------------------------------------------------------------------
+MODELS = [("seq2seq", {}), ("seq2seq", {"reverse_source": True, "cell": "gru"}), ("attention", {}),
+          ("attention", {"attention": "dot", "layers": 2}), ("attention", {"attention": "general", "cell": "gru"})]  # fmt: skip
+
+
+def tiny_model(name, **kwargs):
+    torch.manual_seed(0)
+    return get_model("translate", name, vocab_size=40, embed=8, hidden=12, dropout=0.0, **kwargs).eval()
+
+
+def test_translation_models_are_registered():
+    assert {"seq2seq", "attention"} <= {spec.name for spec in list_models("translate")}
+
+
+@pytest.mark.parametrize("name, kwargs", MODELS)
+def test_every_translation_model_trains_on_tiny_input(name, kwargs):
+    model = tiny_model(name, **kwargs).train()
+    src, tgt = torch.randint(4, 40, (3, 7)), torch.randint(4, 40, (3, 5))
+    src[0, 5:] = parallel.PAD
+    logits, loss = model(src, tgt, tgt)
+    assert logits.shape == (3, 5, 40) and torch.isfinite(loss)
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not dead, f"no gradient reached: {dead[:3]}"
+
+
+@pytest.mark.parametrize("name, kwargs", MODELS)
+def test_padding_never_leaks(name, kwargs):
+    model = tiny_model(name, **kwargs)
+    src = torch.tensor([[7, 8, 9, 3, 0, 0], [11, 12, 13, 14, 15, 3]])
+    tgt = torch.tensor([[2, 20, 21, 0], [2, 22, 23, 24]])
+    logits, _ = model(src, tgt)
+    padded_src = torch.cat([src, torch.zeros(2, 4, dtype=torch.long)], 1)
+    padded_tgt = torch.cat([tgt, torch.zeros(2, 3, dtype=torch.long)], 1)
+    again, _ = model(padded_src, padded_tgt)
+    assert torch.allclose(again[:, :4], logits, atol=1e-5)
+    alone, _ = model(src[:1, :4], tgt[:1, :3])  # the first sentence without any padding, outside the batch
+    assert torch.allclose(alone[0], logits[0, :3], atol=1e-5)
+
+
+@pytest.mark.parametrize("score", ["additive", "dot", "general"])
+def test_attention_weights_sum_to_one_over_real_source_tokens(score):
+    model = tiny_model("attention", attention=score)
+    src = torch.tensor([[7, 8, 9, 3, 0, 0], [11, 12, 13, 14, 15, 3]])
+    memory, state = model.encode(src)
+    _, _, weights = model.decode(torch.tensor([[2, 20, 21], [2, 22, 23]]), state, memory)  # (2, 3, 6)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 3), atol=1e-5)
+    assert (weights[0, :, 4:] == 0).all() and (weights[0, :, :4] > 0).all()
+
+
+@pytest.mark.parametrize("name, kwargs", MODELS)
+def test_beam_search_of_width_one_is_greedy_search(name, kwargs):
+    model = tiny_model(name, **kwargs)
+    with torch.no_grad():  # make EOS likely enough that some sentences end before the length limit
+        model.head.bias[parallel.EOS] += 2.5
+    src = torch.tensor([[7, 8, 9, 3, 0, 0], [11, 12, 13, 14, 15, 3], [5, 3, 0, 0, 0, 0]])
+    memory, state = model.encode(src)
+    greedy = decoding.greedy(model, memory, state, 12)
+    beam = decoding.beam_search(model, memory, state, 1, 12)
+    assert [h.tokens for h in greedy] == [h.tokens for h in beam]
+    assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-5)
+    assert any(len(h.tokens) < 12 for h in greedy)  # some end at EOS (others may run to the limit)
+    wide = decoding.beam_search(model, memory, state, 4, 12)
+    assert len(wide) == 3 and all(len(h.tokens) <= 12 and parallel.EOS not in h.tokens for h in wide)
+    if name == "attention":
+        assert all(h.attention.shape == (len(h.tokens) + (len(h.tokens) < 12), 6) for h in wide)
+
+
+# ----- end to end -------------------------------------------------------------------------------------
+def test_tiny_corpus_end_to_end(nmt_run, capsys, tmp_path):
+    run_dir = Path(nmt_run["run"])
+    assert (run_dir / "tokenizer.model").is_file() and nmt_run["status"] == "complete"
+    assert nmt_run["metrics"]["test"]["bleu"] > 90  # the toy language is learnt
+    run = lamina.load(run_dir)
+    [result] = run.translate(["the big dog sees the file"], beam=5)
+    assert result["translation"] == "le grand chien voit le fichier"
+    code, out, _ = run_cli(capsys, "translate", run_dir, "the cat", "small dog", "--beam", "1", "--json")
+    got = json.loads(out)
+    assert code == 0 and [t["translation"] for t in got["translations"]] == ["le chat", "petit chien"]
+    code, out, err = run_cli(capsys, "evaluate", run_dir, "--json", "--beam", "3")
+    evaluated = json.loads(out)
+    assert evaluated["split"] == "test" and evaluated["decoding"]["beam"] == 3 and evaluated["metrics"]["bleu"] > 90
+    assert set(evaluated["metrics"]["by_length"]) == {"1-5", "6-10", "11-15", "16+"}
+    assert (run_dir / "translations-test.tsv").read_text().count("\n") == evaluated["n"] + 1
+    other = write_tsv(tmp_path / "other.tsv", toy_pairs(30, seed=9))
+    code, out, _ = run_cli(capsys, "evaluate", run_dir, "--data", other, "--json", "--beam", "1")
+    assert json.loads(out)["split"] == "all" and json.loads(out)["n"] == 30
+
+
+def test_translate_reads_stdin_and_handles_bad_input(nmt_run, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("the cat\n\nthe dog ☃\n" + "the big red dog " * 200 + "\n"))
+    code, out, err = run_cli(capsys, "translate", nmt_run["run"], "--beam", "2")
+    lines = out.split("\n")
+    assert code == 0 and lines[0] == "le chat" and lines[1] == "" and lines[2].startswith("le chien")
+    assert len(lines) == 5 and "input 2 is empty" in err and "never seen in training (☃)" in err
+    assert "input 4 has" in err and "more than the" in err  # cut to the trained length, with a warning
+
+
+def test_attention_map_is_drawn(nmt_run, capsys, tmp_path):
+    out = tmp_path / "attention.png"
+    code, _, err = run_cli(capsys, "translate", nmt_run["run"], "the big cat", "--show-attention", out)
+    assert code == 0 and out.stat().st_size > 1000
+    run = lamina.load(nmt_run["run"])
+    [result] = run.translate(["the big cat"], beam=3, attention=True)
+    weights = torch.tensor(result["attention"])
+    assert weights.shape == (len(result["target_pieces"]), len(result["source_pieces"]))
+    assert torch.allclose(weights.sum(1), torch.ones(len(weights)), atol=1e-4)
+
+
+def test_seq2seq_trains_and_has_no_attention_to_draw(toy_tsv, capsys, tmp_path):
+    out = tmp_path / "s2s"
+    code, _, _ = run_cli(capsys, "train", "translate", "--data", toy_tsv, "--model", "seq2seq", "--epochs", "1",
+                         "--out", out, "--quiet", *[a for s in TINY for a in ("--set", s)], "--set", "model.reverse_source=true")  # fmt: skip
+    assert code == 0
+    code, _, err = run_cli(capsys, "translate", out, "the cat", "--show-attention", tmp_path / "a.png")
+    assert code == 1
+    assert_one_line_error(err, "seq2seq model has no attention to draw")
+
+
+def test_translate_errors(nmt_run, trained_run, capsys):
+    code, _, err = run_cli(capsys, "translate", trained_run, "hello")
+    assert code == 1
+    assert_one_line_error(err, "translate")
+    code, _, err = run_cli(capsys, "translate", nmt_run["run"], "hello", "--beam", "0")
+    assert code == 2
+    assert_one_line_error(err, "--beam must be at least 1")
+    code, _, err = run_cli(capsys, "evaluate", trained_run, "--beam", "3")
+    assert code == 2
+    assert_one_line_error(err, "--beam does not apply to a classify run")
+    with pytest.raises(UsageError, match="length-penalty"):
+        lamina.load(nmt_run["run"]).translate(["the cat"], length_penalty=-1)
+
+
+def test_resume_after_interruption_continues_the_same_run(toy_tsv, tmp_path, monkeypatch):
+    from lamina.tasks.translate import TranslateTask
+
+    common = dict(data=str(toy_tsv), epochs=2, batch_size=32, quiet=True, sets=TINY)
+    lamina.train("translate", out=str(tmp_path / "full"), **common)
+    original, calls = TranslateTask.step, {"n": 0}
+
+    def interrupted(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(TranslateTask, "step", interrupted)
+    assert lamina.train("translate", out=str(tmp_path / "cut"), **common)["status"] == "interrupted"
+    monkeypatch.setattr(TranslateTask, "step", original)
+    assert lamina.train("translate", out=str(tmp_path / "cut"), resume=True, quiet=True)["status"] == "complete"
+    a = ckpt.load_trainer(tmp_path / "full" / "trainer.pt")["model"]
+    b = ckpt.load_trainer(tmp_path / "cut" / "trainer.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "cut" / "tokenizer.model").read_bytes() == (tmp_path / "full" / "tokenizer.model").read_bytes()
