@@ -29,6 +29,7 @@ COMPARE_BUDGET = 600  # seconds of training (and evaluation) per model in the co
 VOCAB = 8000  # the default subword vocabulary, for matching parameter counts
 PLOT = Path(__file__).with_name("bleu-by-length.png")
 SHORT = "Open the file"  # the sentence whose latency is measured
+BOOTSTRAP = 1000  # resamples of the paired bootstrap test
 
 
 def evaluate(run: str, beam: int = 5) -> dict:
@@ -85,14 +86,43 @@ def compare(a, tmp: str) -> None:
         rows.append(row_of(name, args, s, e))
         buckets[name] = e["metrics"]["by_length"]
     plot(buckets, PLOT)
-    body = table(rows, list(rows[0])) + (
+    gains = gain_by_length({name: Path(tmp) / name / "translations-test.tsv" for name in runs})
+    body = table(rows, list(rows[0])) + "\n\n" + table(gains, list(gains[0])) + (
         f"\n\n{corpus_line(s['corpus'])} Test BLEU and chrF: `lamina evaluate RUN --beam 5 --json` (sacrebleu, "
         "detokenized); 'BLEU greedy' is the figure `lamina train` prints at its end. seq2seq's hidden size is the "
-        f"one whose parameter count is closest to the attention model's. Plot: benchmarks/{PLOT.name}.\n")  # fmt: skip
-    print(json.dumps({"benchmark": "translation-compare", "rows": rows}))
+        f"one whose parameter count is closest to the attention model's. Plot: benchmarks/{PLOT.name}. Second table: "
+        f"BLEU per bucket with the 95% interval of sacrebleu's paired bootstrap ({BOOTSTRAP} resamples of the "
+        "bucket's sentences); p: its p-value for attention's gain over seq2seq.\n")  # fmt: skip
+    print(json.dumps({"benchmark": "translation-compare", "rows": rows, "gains": gains}))
     if not a.no_write:
         append_section(f"Translation en->fr: seq2seq vs attention, equal parameters, {a.budget:g} s each",
                        f"python -m benchmarks.translation --recipes compare --budget {a.budget:g}", body)
+
+
+def gain_by_length(translations: dict[str, Path]) -> list[dict]:
+    """attention against seq2seq on the same test sentences, per source-length bucket: BLEU with
+    bootstrap intervals, the gain (absolute and relative) and the paired bootstrap p-value."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    from lamina.metrics import LENGTH_BUCKETS
+
+    tables = {name: [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+              for name, path in translations.items()}  # fmt: skip
+    (base, base_rows), (model, model_rows) = tables.items()
+    assert [r[:2] for r in base_rows] == [r[:2] for r in model_rows], "the two runs were scored on different sentences"
+    rows = []
+    for lo, hi in LENGTH_BUCKETS:
+        chosen = [i for i, r in enumerate(base_rows) if lo <= len(r[0].split()) and (hi is None or len(r[0].split()) <= hi)]
+        refs = [base_rows[i][1] for i in chosen]
+        systems = [(base, [base_rows[i][2] for i in chosen]), (model, [model_rows[i][2] for i in chosen])]
+        _, scores = PairedTest(systems, {"BLEU": BLEU()}, references=[refs], test_type="bs", n_samples=BOOTSTRAP)()
+        b, m = scores["BLEU"]
+        rows.append({"source words": f"{lo}-{hi}" if hi else f"{lo}+", "sentences": len(chosen),
+                     f"{base} BLEU": f"{b.score:.2f} ± {b.ci:.2f}", f"{model} BLEU": f"{m.score:.2f} ± {m.ci:.2f}",
+                     "gain": f"{m.score - b.score:+.2f}", "ratio": f"{m.score / max(b.score, 1e-9):.2f}x",
+                     "p": f"{m.p_value:.4f}"})  # fmt: skip
+    return rows
 
 
 def plot(buckets: dict[str, dict], out: Path) -> None:

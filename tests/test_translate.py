@@ -129,6 +129,10 @@ def test_gettext_reader_on_po_and_mo_fixtures(tmp_path):
     ("Open", "開く(_O)", ("Open", "開く")),
     ("file_name is %s", "file_name vaut %s", ("file_name is %s", "file_name vaut %s")),  # an identifier, not a key
     ("Q&A and R&D", "Q&R et R&D", ("Q&A and R&D", "Q&R et R&D")),
+    ("Read the Q&A", "Lire les Q&R", ("Read the Q&A", "Lire les Q&R")),  # an abbreviation, not a key
+    ("E&xit", "&Quitter", ("Exit", "Quitter")),
+    ("50 % done", "50 % de fait", ("50 % done", "50 % de fait")),  # a percentage, not printf's '% d'
+    ("Sa_ve", "En_registrer", ("Save", "Enregistrer")),
     ("Disk  full\u00a0:", "Disque\u00a0plein :", ("Disk full :", "Disque plein :")),
     ("Line one\nline two", "Ligne un\nligne deux", "multi-line"),
     ("%s: %s", "%s : %s", "no words"),
@@ -146,6 +150,20 @@ def test_unknown_language_lists_the_available_ones(capsys, monkeypatch, tmp_path
     code, _, err = run_cli(capsys, "train", "translate", "--data", "gettext:xx", "--epochs", "1")
     assert code == 1
     assert_one_line_error(err, "no gettext catalogs for 'xx'", "languages with catalogs here: de")
+
+
+def test_data_prepare_builds_one_languages_corpus(capsys, monkeypatch, tmp_path):
+    from lamina.data import sources
+
+    (tmp_path / "de" / "LC_MESSAGES").mkdir(parents=True)
+    write_mo(tmp_path / "de" / "LC_MESSAGES" / "x.mo", {"Yes": "Ja", "Open the file": "Datei öffnen"})
+    monkeypatch.setattr(parallel, "LOCALE_DIR", tmp_path)
+    monkeypatch.setattr(sources.GETTEXT, "root", tmp_path)
+    code, out, _ = run_cli(capsys, "data", "prepare", "gettext:de")
+    assert code == 0 and out.startswith("gettext:de: ") and "1 catalog, 2 pairs" in out and "SHA-256 " in out
+    code, _, err = run_cli(capsys, "data", "prepare", "gettext:xx")
+    assert code == 1
+    assert_one_line_error(err, "no gettext catalogs for 'xx'")
 
 
 def test_hash_split_never_puts_a_sentence_in_two_splits():
@@ -265,6 +283,42 @@ def test_beam_search_of_width_one_is_greedy_search(name, kwargs):
         assert all(h.attention.shape == (len(h.tokens) + (len(h.tokens) < 12), 6) for h in wide)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_scores_are_the_models_own_log_probabilities(alpha):
+    """A finished hypothesis's score is the teacher-forced log-probability of its tokens and EOS,
+    divided by length ** alpha; and a wider beam never returns a worse-scored sentence than greedy."""
+    model = tiny_model("attention")
+    with torch.no_grad():
+        model.head.bias[parallel.EOS] += 2.5
+    src = torch.tensor([[7, 8, 9, 3, 0, 0], [11, 12, 13, 14, 15, 3], [5, 3, 0, 0, 0, 0]])
+    memory, state = model.encode(src)
+    greedy = decoding.greedy(model, memory, state, 12, alpha)
+    wide = decoding.beam_search(model, memory, state, 4, 12, alpha)
+    checked = 0
+    for i, h in enumerate(wide):
+        assert h.score >= greedy[i].score - 1e-5
+        if len(h.tokens) == 12:  # ran to the limit: no EOS to score
+            continue
+        tgt_in, tgt_out = torch.tensor([[parallel.BOS, *h.tokens]]), torch.tensor([[*h.tokens, parallel.EOS]])
+        with torch.no_grad():
+            logits, _ = model(src[i : i + 1], tgt_in)
+        logp = logits.log_softmax(-1).gather(-1, tgt_out[..., None]).sum()
+        assert float(logp) / (len(h.tokens) + 1) ** alpha == pytest.approx(h.score, abs=1e-4)
+        checked += 1
+    assert checked >= 1
+
+
+def test_evaluation_batches_bound_the_attention_tensor():
+    lengths = [3] * 100 + [150, 900]
+    batches = parallel.PairBatches([[5] * n for n in lengths], [[6] * n for n in lengths], 64)
+    order = batches.order(0)
+    assert sorted(i for rows in order for i in rows) == list(range(102)) and len(batches) == len(order)
+    for rows in order:
+        cells = len(rows) * max(lengths[i] + 1 for i in rows) ** 2
+        assert len(rows) <= 64 and (cells <= parallel.MAX_CELLS or len(rows) == 1)
+    assert [len(rows) for rows in order] == [64, 36, 1, 1]
+
+
 # ----- end to end -------------------------------------------------------------------------------------
 def test_tiny_corpus_end_to_end(nmt_run, capsys, tmp_path):
     run_dir = Path(nmt_run["run"])
@@ -302,10 +356,14 @@ def test_attention_map_is_drawn(nmt_run, capsys, tmp_path):
     code, _, err = run_cli(capsys, "translate", nmt_run["run"], "the big cat", "--show-attention", out)
     assert code == 0 and out.stat().st_size > 1000
     run = lamina.load(nmt_run["run"])
-    [result] = run.translate(["the big cat"], beam=3, attention=True)
-    weights = torch.tensor(result["attention"])
-    assert weights.shape == (len(result["target_pieces"]), len(result["source_pieces"]))
-    assert torch.allclose(weights.sum(1), torch.ones(len(weights)), atol=1e-4)
+    for beam in (1, 3):  # two sentences of different lengths share a batch: each map has its own size
+        results = run.translate(["the cat", "the small red dog sees"], beam=beam, attention=True)
+        for result in results:
+            weights = torch.tensor(result["attention"])
+            assert result["target_pieces"][-1] == "</s>" and len(result["source_pieces"]) == len(run.task.tokenizer.encode(
+                [result["source"]])[0]) + 1  # fmt: skip
+            assert weights.shape == (len(result["target_pieces"]), len(result["source_pieces"]))
+            assert torch.allclose(weights.sum(1), torch.ones(len(weights)), atol=1e-4)
 
 
 def test_seq2seq_trains_and_has_no_attention_to_draw(toy_tsv, capsys, tmp_path):
@@ -321,7 +379,7 @@ def test_seq2seq_trains_and_has_no_attention_to_draw(toy_tsv, capsys, tmp_path):
 def test_translate_errors(nmt_run, trained_run, capsys):
     code, _, err = run_cli(capsys, "translate", trained_run, "hello")
     assert code == 1
-    assert_one_line_error(err, "translate")
+    assert_one_line_error(err, "is a 'classify' run, not a 'translate' run")
     code, _, err = run_cli(capsys, "translate", nmt_run["run"], "hello", "--beam", "0")
     assert code == 2
     assert_one_line_error(err, "--beam must be at least 1")

