@@ -35,7 +35,9 @@ def test_time_budget_alone_means_no_epoch_limit():
     "assignment, message",
     [
         ("optim.lrr=1", "unknown setting 'optim.lrr'"),
-        ("nosuch=1", "unknown setting"),
+        ("lr=1", r"unknown setting 'lr' \(did you mean optim.lr\?\)"),
+        ("name=x", r"did you mean data.name or model.name or optim.name\?"),
+        (".lr=1", "unknown setting '.lr'"),
         ("train.epochs=two", "not a valid int"),
         ("train.epochs=1.5", "not a valid int"),
         ("optim.name=rmsprop", "not one of"),
@@ -49,6 +51,11 @@ def test_bad_settings_are_one_line_usage_errors(assignment, message):
     with pytest.raises(UsageError, match=message) as info:
         config.resolve(DEFAULTS, sets=[assignment])
     assert "\n" not in str(info.value)
+
+
+def test_a_bare_key_is_a_model_option():
+    cfg = config.resolve(DEFAULTS, sets=["attention=dot", "model.hidden=64"])
+    assert cfg.model.args == {"attention": "dot", "hidden": 64}
 
 
 def test_bad_yaml_file(tmp_path):

@@ -390,6 +390,16 @@ def test_translate_errors(nmt_run, trained_run, capsys):
         lamina.load(nmt_run["run"]).translate(["the cat"], length_penalty=-1)
 
 
+def test_luong_attention_by_a_bare_setting_and_misspelt_options_before_any_data(toy_tsv, capsys, tmp_path):
+    out = tmp_path / "dot"
+    code, _, _ = run_cli(capsys, "train", "translate", "--data", toy_tsv, "--epochs", "1", "--out", out, "--quiet",
+                         *[a for s in TINY for a in ("--set", s)], "--set", "attention=dot")  # fmt: skip
+    assert code == 0 and json.loads((out / "lamina.json").read_text())["model"]["args"]["attention"] == "dot"
+    code, _, err = run_cli(capsys, "train", "translate", "--data", tmp_path / "missing.tsv", "--set", "atention=dot")
+    assert code == 2
+    assert_one_line_error(err, "model 'attention' has no option 'atention'")
+
+
 def test_resume_after_interruption_continues_the_same_run(toy_tsv, tmp_path, monkeypatch):
     from lamina.tasks.translate import TranslateTask
 

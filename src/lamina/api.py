@@ -26,7 +26,7 @@ from lamina.engine import checkpoint as ckpt
 from lamina.engine.device import Precision, resolve_amp, resolve_device
 from lamina.engine.loop import NonFiniteLoss, Trainer
 from lamina.errors import LaminaError, UsageError
-from lamina.models.registry import count_parameters, get_model, get_spec
+from lamina.models.registry import check_options, count_parameters, get_model, get_spec
 from lamina.tasks import Task, get_task
 
 # Keyword arguments of train() (and CLI flags) -> dotted config keys.
@@ -239,7 +239,7 @@ def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags,
         inherited = {"model.name": init["model"]["name"]}
         inherited.update({f"model.{k}": v for k, v in init["model"]["args"].items() if k not in fixed})
         cfg = config_mod.resolve({**task_cls.defaults, **inherited}, config_file=config_file, flags=flags, sets=sets)
-    get_spec(task_cls.name, cfg.model.name)  # an unknown model is a usage error before any data is read
+    check_options(task_cls.name, cfg.model.name, cfg.model.args)  # unknown models and options: before any data is read
     cfg = _normalise(task_cls, cfg)
     return (cfg, *_new_run_dir(out, cfg))
 

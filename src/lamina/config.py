@@ -205,9 +205,13 @@ def apply(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             config.task = str(value)
             continue
         section, _, name = key.partition(".")
+        if not name and section not in SECTIONS:  # a bare key is a model option: attention=dot is model.attention=dot
+            owners = [f"{s}.{key}" for s in SECTIONS if key in typing.get_type_hints(type(getattr(config, s)))]
+            if owners:
+                raise UsageError(f"unknown setting {key!r} (did you mean {' or '.join(owners)}?)")
+            section, name = "model", key
         if section not in SECTIONS or not name:
-            hint = f" (a model option? those are model.<option>, e.g. model.{key})" if not name else ""
-            raise UsageError(f"unknown setting {key!r}{hint}; valid settings: {choices(valid_keys())}")
+            raise UsageError(f"unknown setting {key!r}; valid settings: {choices(valid_keys())}")
         target = getattr(config, section)
         if section == "model" and name != "name":
             if name == "args":

@@ -56,6 +56,22 @@ def get_model(task: str, name: str, **kwargs) -> nn.Module:
         raise UsageError(f"model {name!r}: {str(exc).splitlines()[0]}") from None
 
 
+def check_options(task: str, name: str, options: dict) -> None:
+    """Reject a misspelt model option before any data is read: build the model with its default sizes
+    and these options, and report only unknown names (values may depend on the data, and are checked
+    when the real model is built)."""
+    builder = get_spec(task, name).builder  # an unknown model name is a usage error of its own
+    try:
+        builder(**options)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            unknown = str(exc).rsplit("argument", 1)[1].strip(" '\"")
+            raise UsageError(f"model {name!r} has no option {unknown!r} (set with --set model.{unknown}=... "
+                             f"or --set {unknown}=...)") from None  # fmt: skip
+    except Exception:  # noqa: BLE001 - any other problem surfaces, with its own message, when the model is built
+        pass
+
+
 def list_models(task: str | None = None) -> list[ModelSpec]:
     _ensure_loaded()
     specs = [s for s in _REGISTRY.values() if task is None or s.task == task]
