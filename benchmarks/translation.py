@@ -92,7 +92,7 @@ def compare(a, tmp: str) -> None:
         "detokenized); 'BLEU greedy' is the figure `lamina train` prints at its end. seq2seq's hidden size is the "
         f"one whose parameter count is closest to the attention model's. Plot: benchmarks/{PLOT.name}. Second table: "
         f"BLEU per bucket with the 95% interval of sacrebleu's paired bootstrap ({BOOTSTRAP} resamples of the "
-        "bucket's sentences); p: its p-value for attention's gain over seq2seq.\n")  # fmt: skip
+        "bucket's sentences); p: its p-value for the difference between the two.\n")  # fmt: skip
     print(json.dumps({"benchmark": "translation-compare", "rows": rows, "gains": gains}))
     if not a.no_write:
         append_section(f"Translation en->fr: seq2seq vs attention, equal parameters, {a.budget:g} s each",
@@ -114,11 +114,16 @@ def gain_by_length(translations: dict[str, Path]) -> list[dict]:
     rows = []
     for lo, hi in LENGTH_BUCKETS:
         chosen = [i for i, r in enumerate(base_rows) if lo <= len(r[0].split()) and (hi is None or len(r[0].split()) <= hi)]
+        name = f"{lo}-{hi}" if hi else f"{lo}+"
+        if not chosen:
+            rows.append({"source words": name, "sentences": 0, f"{base} BLEU": "-", f"{model} BLEU": "-", "gain": "-",
+                         "ratio": "-", "p": "-"})  # fmt: skip
+            continue
         refs = [base_rows[i][1] for i in chosen]
         systems = [(base, [base_rows[i][2] for i in chosen]), (model, [model_rows[i][2] for i in chosen])]
         _, scores = PairedTest(systems, {"BLEU": BLEU()}, references=[refs], test_type="bs", n_samples=BOOTSTRAP)()
         b, m = scores["BLEU"]
-        rows.append({"source words": f"{lo}-{hi}" if hi else f"{lo}+", "sentences": len(chosen),
+        rows.append({"source words": name, "sentences": len(chosen),
                      f"{base} BLEU": f"{b.score:.2f} ± {b.ci:.2f}", f"{model} BLEU": f"{m.score:.2f} ± {m.ci:.2f}",
                      "gain": f"{m.score - b.score:+.2f}", "ratio": f"{m.score / max(b.score, 1e-9):.2f}x",
                      "p": f"{m.p_value:.4f}"})  # fmt: skip

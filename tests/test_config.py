@@ -53,9 +53,13 @@ def test_bad_settings_are_one_line_usage_errors(assignment, message):
     assert "\n" not in str(info.value)
 
 
-def test_a_bare_key_is_a_model_option():
+def test_a_bare_key_is_a_model_option(tmp_path):
     cfg = config.resolve(DEFAULTS, sets=["attention=dot", "model.hidden=64"])
     assert cfg.model.args == {"attention": "dot", "hidden": 64}
+    f = tmp_path / "c.yaml"  # only on the command line: a config file names its sections
+    f.write_text("hidden: 64\n")
+    with pytest.raises(UsageError, match="unknown setting 'hidden'"):
+        config.resolve(DEFAULTS, config_file=f)
 
 
 def test_bad_yaml_file(tmp_path):

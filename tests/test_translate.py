@@ -153,12 +153,9 @@ def test_unknown_language_lists_the_available_ones(capsys, monkeypatch, tmp_path
 
 
 def test_data_prepare_builds_one_languages_corpus(capsys, monkeypatch, tmp_path):
-    from lamina.data import sources
-
     (tmp_path / "de" / "LC_MESSAGES").mkdir(parents=True)
     write_mo(tmp_path / "de" / "LC_MESSAGES" / "x.mo", {"Yes": "Ja", "Open the file": "Datei öffnen"})
     monkeypatch.setattr(parallel, "LOCALE_DIR", tmp_path)
-    monkeypatch.setattr(sources.GETTEXT, "root", tmp_path)
     code, out, _ = run_cli(capsys, "data", "prepare", "gettext:de")
     assert code == 0 and out.startswith("gettext:de: ") and "1 catalog, 2 pairs" in out and "SHA-256 " in out
     code, _, err = run_cli(capsys, "data", "prepare", "gettext:xx")
@@ -317,6 +314,16 @@ def test_evaluation_batches_bound_the_attention_tensor():
         cells = len(rows) * max(lengths[i] + 1 for i in rows) ** 2
         assert len(rows) <= 64 and (cells <= parallel.MAX_CELLS or len(rows) == 1)
     assert [len(rows) for rows in order] == [64, 36, 1, 1]
+    from lamina.tasks.translate import DECODE_CELLS, decode_batches, max_output_tokens
+
+    sources = [[5] * n for n in [3] * 70 + [1000, 1000, 1000]]
+    for beam in (1, 5):
+        batches = decode_batches(sources, beam)
+        assert sorted(i for rows in batches for i in rows) == list(range(73))
+        for rows in batches:
+            width = max(len(sources[i]) for i in rows) + 1
+            assert len(rows) <= 64 and (len(rows) * beam * width * max_output_tokens(width) <= DECODE_CELLS or len(rows) == 1)
+    assert [len(rows) for rows in decode_batches(sources, 5)] == [64, 6, 1, 1, 1]
 
 
 # ----- end to end -------------------------------------------------------------------------------------

@@ -134,7 +134,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = raw
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         value = raw.strip()  # YAML 1.1 reads off/no/yes as booleans; keep the word, the field's type decides
-    return key.strip(), value
+    return _dotted(key.strip()), value
+
+
+def _dotted(key: str) -> str:
+    """A bare --set key is a model option (attention=dot is model.attention=dot), unless it is the
+    name of a setting, which needs its section."""
+    if "." in key or key in SECTIONS or key == "task":
+        return key
+    owners = [f"{s}.{key}" for s in SECTIONS if key in typing.get_type_hints(type(getattr(RunConfig(), s)))]
+    if owners:
+        raise UsageError(f"unknown setting {key!r} (did you mean {' or '.join(owners)}?)")
+    return f"model.{key}"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -205,11 +216,6 @@ def apply(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             config.task = str(value)
             continue
         section, _, name = key.partition(".")
-        if not name and section not in SECTIONS:  # a bare key is a model option: attention=dot is model.attention=dot
-            owners = [f"{s}.{key}" for s in SECTIONS if key in typing.get_type_hints(type(getattr(config, s)))]
-            if owners:
-                raise UsageError(f"unknown setting {key!r} (did you mean {' or '.join(owners)}?)")
-            section, name = "model", key
         if section not in SECTIONS or not name:
             raise UsageError(f"unknown setting {key!r}; valid settings: {choices(valid_keys())}")
         target = getattr(config, section)

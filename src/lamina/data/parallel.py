@@ -110,7 +110,7 @@ def clean_pair(source: str, target: str) -> Pair | str:
 def available_languages() -> list[str]:
     from lamina.data.sources import LocaleCatalogs
 
-    return LocaleCatalogs(root=LOCALE_DIR).languages()
+    return LocaleCatalogs().languages()
 
 
 def catalog_files(lang: str, catalogs: str = "") -> tuple[Path, list[Path]]:
@@ -345,6 +345,7 @@ class PairBatches:
         self.pairs = pairs  # the text of each pair, for scores on detokenized output (evaluation)
         self.train, self.seed, self.device = train, seed, device
         self.n_samples = len(sources)
+        self._eval_batches: int | None = None  # len() of an evaluation set, counted once
 
     def order(self, index: int) -> list[list[int]]:
         length = lambda i: (len(self.sources[i]), len(self.targets[i]))  # noqa: E731
@@ -379,7 +380,11 @@ class PairBatches:
         return batches
 
     def __len__(self) -> int:
-        return len(self.by_length()) if not self.train else -(-self.n_samples // self.batch_size)
+        if self.train:
+            return -(-self.n_samples // self.batch_size)
+        if self._eval_batches is None:
+            self._eval_batches = len(self.by_length())
+        return self._eval_batches
 
     def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for rows in self.order(index)[start:]:

@@ -203,8 +203,14 @@ class LocaleCatalogs:
     """The gettext catalogs Debian packages install: real human translations of their messages."""
 
     name: str = "gettext:LANG"
-    root: Path = Path("/usr/share/locale")
-    install_hint: str = "install programs with translations (e.g. apt-get install coreutils) or give --catalogs DIR"
+    install_hint: str = ("install programs with translations (e.g. apt-get install coreutils), or train with "
+                         "--catalogs DIR (a folder of .mo/.po files)")  # fmt: skip
+
+    @property
+    def root(self) -> Path:
+        from lamina.data import parallel
+
+        return parallel.LOCALE_DIR
 
     def languages(self) -> list[str]:
         if not self.root.is_dir():

@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from lamina.errors import UsageError, choices
@@ -57,18 +59,20 @@ def get_model(task: str, name: str, **kwargs) -> nn.Module:
 
 
 def check_options(task: str, name: str, options: dict) -> None:
-    """Reject a misspelt model option before any data is read: build the model with its default sizes
-    and these options, and report only unknown names (values may depend on the data, and are checked
-    when the real model is built)."""
+    """Reject a misspelt model option before any data is read: build the model on the meta device (no
+    memory, no initialisation) with its default sizes and these options. Only unknown names are
+    reported here; values may depend on the data and are checked when the real model is built."""
     builder = get_spec(task, name).builder  # an unknown model name is a usage error of its own
     try:
-        builder(**options)
+        with torch.device("meta"):
+            builder(**options)
+    except UsageError:
+        raise
     except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
-            unknown = str(exc).rsplit("argument", 1)[1].strip(" '\"")
-            raise UsageError(f"model {name!r} has no option {unknown!r} (set with --set model.{unknown}=... "
-                             f"or --set {unknown}=...)") from None  # fmt: skip
-    except Exception:  # noqa: BLE001 - any other problem surfaces, with its own message, when the model is built
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if unknown and unknown[1] in options:
+            raise UsageError(f"model {name!r} has no option {unknown[1]!r}") from None
+    except Exception:  # noqa: BLE001 - anything else surfaces, with its own message, when the model is built
         pass
 
 

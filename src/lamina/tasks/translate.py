@@ -28,6 +28,7 @@ from lamina.models import decoding
 from lamina.tasks.base import Prepared, Task
 
 EVAL_BATCH = 64  # sentences per decoding batch (times the beam width in hypotheses)
+DECODE_CELLS = EVAL_BATCH * 5 * 101 * 212  # 64 sentences of 100 subwords, beam 5, up to 212 output steps
 DECODE_COST = 4  # a greedy translation costs about this many loss passes of the same sentence (for time budgets)
 
 
@@ -188,10 +189,8 @@ class TranslateTask(Task):
         """Translations of subword sequences, in batches of similar length; greedy for beam 1. Runs in
         fp32: decoding goes one step at a time, where autocast re-casts the weights at every step."""
         model.eval()
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         out: list[decoding.Hypothesis | None] = [None] * len(sources)
-        for b in range(0, len(order), EVAL_BATCH):
-            rows = order[b : b + EVAL_BATCH]
+        for rows in decode_batches(sources, beam):
             src = parallel.pad([[*sources[i], EOS] for i in rows], self.device)
             memory, state = model.encode(src)
             limit = max_output_tokens(src.shape[1])
@@ -241,10 +240,10 @@ class TranslateTask(Task):
         """The target pieces and their weights over the source pieces (EOS included on both sides when
         the search produced it), cut to this sentence's own length (a batch pads to its longest) and in
         reading order when the model read the source backwards."""
-        steps = 0 if h.attention is None else h.attention.shape[0]
-        target = [*h.tokens, EOS][: max(steps, len(h.tokens))]
         if h.attention is None:
-            return {"target_pieces": self.tokenizer.pieces(target), "attention": None}
+            return {"target_pieces": self.tokenizer.pieces([*h.tokens, EOS]), "attention": None}
+        ended = h.attention.shape[0] == len(h.tokens) + 1  # one attention row per step, the EOS step included
+        target = [*h.tokens, EOS] if ended else h.tokens
         weights = h.attention[:, : len(src) + 1]  # the source fed to the encoder is src + EOS
         if getattr(model, "reverse_source", False):
             weights = weights.flip(1)
@@ -252,6 +251,21 @@ class TranslateTask(Task):
 
     def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options) -> list[dict]:
         return self.translate(model, meta, inputs, **options)
+
+
+def decode_batches(sources: list[list[int]], beam: int) -> list[list[int]]:
+    """Indices of `sources` in batches of similar length: at most EVAL_BATCH sentences, and at most
+    DECODE_CELLS hypothesis x output step x source positions (the attention a search keeps), so a file
+    of very long sentences decodes a few at a time instead of exhausting memory."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(sources)), key=lambda i: len(sources[i])):  # the newest is the batch's longest
+        width = len(sources[i]) + 1
+        if batches and len(batches[-1]) < EVAL_BATCH and \
+                (len(batches[-1]) + 1) * beam * width * max_output_tokens(width) <= DECODE_CELLS:  # fmt: skip
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def check_search(beam: int, length_penalty: float) -> None:
