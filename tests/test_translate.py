@@ -1,6 +1,7 @@
 """Translation: gettext and TSV readers, cleaning, hash split, subwords, encoder-decoders, search, end to end."""
 
 import json
+import math
 import random
 import signal
 import struct
@@ -303,6 +304,55 @@ def test_beam_scores_are_the_models_own_log_probabilities(alpha):
         assert float(logp) / (len(h.tokens) + 1) ** alpha == pytest.approx(h.score, abs=1e-4)
         checked += 1
     assert checked >= 1
+
+
+class ScriptedDecoder:
+    """A 'model' whose next-token probabilities depend only on the output so far (a table), for search
+    tests whose right answer is known. The state carries each row's output prefix, as an index."""
+
+    A, B, C = 4, 5, 6
+    TABLE = {(): {A: 0.6, B: 0.4}, (A,): {C: 0.9}, (A, C): {C: 0.9, 3: 0.05}, (A, C, C): {3: 0.95}, (B,): {3: 0.5}}
+
+    def __init__(self):
+        self.prefixes: list[tuple] = [()]
+
+    def decode_step(self, tokens, state, memory):
+        rows = []
+        for prefix_id, token in zip(state[0, :, 0].long().tolist(), tokens.tolist()):
+            prefix = self.prefixes[prefix_id] + ((token,) if token != parallel.BOS else ())
+            self.prefixes.append(prefix)
+            rows.append(len(self.prefixes) - 1)
+        probs = torch.full((len(rows), 8), 1e-9)
+        for r, prefix_id in enumerate(rows):
+            table = self.TABLE.get(self.prefixes[prefix_id], {})
+            rest = [t for t in range(3, 8) if t not in table]  # what the table leaves is spread evenly
+            for t in rest:
+                probs[r, t] = (1 - sum(table.values())) / len(rest) if rest else 0
+            for t, p in table.items():
+                probs[r, t] = p
+        return probs.clamp_min(1e-9).log(), torch.tensor(rows, dtype=torch.float)[None, :, None], None
+
+
+class OneSentence:
+    mask = torch.ones(1, 1, dtype=torch.bool)
+
+    def select(self, rows):
+        memory = OneSentence()
+        memory.mask = self.mask[rows]
+        return memory
+
+
+def test_beam_search_does_not_stop_at_short_poor_hypotheses():
+    """'b' ends early (mean log-probability -0.80) while 'a c c' is still running (-0.19 when it ends):
+    two finished hypotheses must not stop a search whose live one is better."""
+    model, state = ScriptedDecoder(), torch.zeros(1, 1, 1)
+    [greedy] = decoding.greedy(model, OneSentence(), state, 10)
+    assert greedy.tokens == [4, 6, 6] and greedy.score == pytest.approx(math.log(0.6 * 0.9 * 0.9 * 0.95) / 4)
+    for beam in (2, 3, 5):
+        [best] = decoding.beam_search(model, OneSentence(), state, beam, 10)
+        assert best.tokens == [4, 6, 6] and best.score == pytest.approx(greedy.score, abs=1e-6)
+    [raw] = decoding.beam_search(model, OneSentence(), state, 2, 10, alpha=0.0)  # no length normalisation
+    assert raw.tokens == [4, 6, 6] and raw.score == pytest.approx(math.log(0.6 * 0.9 * 0.9 * 0.95), abs=1e-6)
 
 
 def test_evaluation_batches_bound_the_attention_tensor():

@@ -62,8 +62,10 @@ def greedy(model, memory, state: State, max_len: int, alpha: float = 1.0) -> lis
 def beam_search(model, memory, state: State, beam: int, max_len: int, alpha: float = 1.0) -> list[Hypothesis]:
     """Batched beam search. Each step keeps, per sentence, the `beam` best continuing hypotheses
     among the 2 * beam best extensions; an extension ending in EOS among the top `beam` is finished.
-    A sentence is done once it has `beam` finished hypotheses (with beam 1: exactly greedy search);
-    at max_len the live hypotheses count as finished."""
+    A sentence is done once it has `beam` finished hypotheses and its best live hypothesis, scored
+    as it stands, no longer beats the best finished one (stopping at `beam` finished alone would
+    return a short, poor sentence while a better one is a step from its end); with beam 1 this is
+    exactly greedy search. At max_len the live hypotheses count as finished."""
     n, k = memory.mask.shape[0], beam
     device = memory.mask.device
     rows = torch.arange(n, device=device).repeat_interleave(k)  # hypothesis row -> sentence
@@ -100,7 +102,8 @@ def beam_search(model, memory, state: State, beam: int, max_len: int, alpha: flo
                         chosen.append((score, parent, word))
                         if len(chosen) == k:
                             break
-                    if len(finished[i]) >= k or not chosen:
+                    if not chosen or (len(finished[i]) >= k and chosen[0][0] / (t + 1) ** alpha
+                                      <= max(h.score for h in finished[i])):  # fmt: skip
                         done[i] = True
                 if done[i]:
                     chosen = []
