@@ -295,12 +295,12 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
-    from lamina.data.sources import SOURCES, PypiArchive
+    from lamina.data.sources import GETTEXT, SOURCES, PypiArchive
     from lamina.tasks import TASKS
 
     if a.data_command == "prepare":
         if a.name.startswith("gettext:"):  # one language of the catalogs: build its corpus and say what it holds
-            print(f"{a.name}: {SOURCES['gettext:LANG'].prepare(a.name)}")  # type: ignore[call-arg]
+            print(f"{a.name}: {GETTEXT.prepare(a.name)}")
             return 0
         if a.name not in SOURCES:
             raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(SOURCES))}")

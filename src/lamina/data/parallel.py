@@ -22,7 +22,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -328,6 +328,18 @@ def pad(rows: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> to
     return out.to(device)
 
 
+def pack_by_length(ids: list[int], batch_size: int, cost: Callable[[list[int]], int], budget: int) -> list[list[int]]:
+    """Cut `ids` (sorted by length, shortest first) into consecutive batches of at most batch_size whose
+    cost(batch) stays within budget; a single item over the budget gets a batch of its own."""
+    batches: list[list[int]] = []
+    for i in ids:
+        if batches and len(batches[-1]) < batch_size and cost([*batches[-1], i]) <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class PairBatches:
     """Batches of (source, target input, target output), each (B, T) and padded with PAD.
 
@@ -365,19 +377,10 @@ class PairBatches:
     def by_length(self) -> list[list[int]]:
         """Sorted by length, at most batch_size pairs and MAX_CELLS (source x target positions) a
         batch: attention builds a (batch, target, source, hidden) tensor, and a file may hold sentences
-        far longer than any training pair. A single pair over the limit still gets its own batch."""
+        far longer than any training pair."""
         ids = sorted(range(self.n_samples), key=lambda i: (len(self.sources[i]), len(self.targets[i])))
-        batches: list[list[int]] = []
-        rows, target = 0, 0  # the open batch's size and longest target
-        for i in ids:  # sources grow along the list: the newest pair has the batch's longest source
-            grown = max(target, len(self.targets[i]))
-            if batches and rows < self.batch_size and (rows + 1) * (len(self.sources[i]) + 1) * (grown + 1) <= MAX_CELLS:
-                batches[-1].append(i)
-                rows, target = rows + 1, grown
-            else:
-                batches.append([i])
-                rows, target = 1, len(self.targets[i])
-        return batches
+        cells = lambda rows: len(rows) * (len(self.sources[rows[-1]]) + 1) * (max(len(self.targets[i]) for i in rows) + 1)  # noqa: E731
+        return pack_by_length(ids, self.batch_size, cells, MAX_CELLS)
 
     def __len__(self) -> int:
         if self.train:

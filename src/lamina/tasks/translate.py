@@ -257,15 +257,10 @@ def decode_batches(sources: list[list[int]], beam: int) -> list[list[int]]:
     """Indices of `sources` in batches of similar length: at most EVAL_BATCH sentences, and at most
     DECODE_CELLS hypothesis x output step x source positions (the attention a search keeps), so a file
     of very long sentences decodes a few at a time instead of exhausting memory."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(sources)), key=lambda i: len(sources[i])):  # the newest is the batch's longest
-        width = len(sources[i]) + 1
-        if batches and len(batches[-1]) < EVAL_BATCH and \
-                (len(batches[-1]) + 1) * beam * width * max_output_tokens(width) <= DECODE_CELLS:  # fmt: skip
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
+    ids = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    width = lambda rows: len(sources[rows[-1]]) + 1  # noqa: E731 - the last is the longest
+    cells = lambda rows: len(rows) * beam * width(rows) * max_output_tokens(width(rows))  # noqa: E731
+    return parallel.pack_by_length(ids, EVAL_BATCH, cells, DECODE_CELLS)
 
 
 def check_search(beam: int, length_penalty: float) -> None:
