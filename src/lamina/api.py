@@ -89,6 +89,12 @@ class Run:
             raise UsageError(f"a {self.task.name} run does not translate (that is what translate runs do)")
         return self.task.translate(self.model, self.meta, list(texts), beam, length_penalty, attention)
 
+    def transcribe(self, files: list[str | Path], beam: int = 1, attention: bool = False) -> list[dict[str, Any]]:
+        """Transcripts of audio files (transcribe runs); a bad file gets {'file', 'error'}."""
+        if not hasattr(self.task, "transcribe"):
+            raise UsageError(f"a {self.task.name} run does not transcribe audio (that is what transcribe runs do)")
+        return self.task.transcribe(self.model, self.meta, [str(f) for f in files], beam, attention)
+
     def generate(self, prompt: str = "", length: int = 500, **options) -> Iterator[str]:
         """Text after `prompt`, piece by piece as it is produced (tasks that generate: lm)."""
         if not hasattr(self.task, "generate"):

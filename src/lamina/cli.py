@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset name or path (default: the run's own)")
     e.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
     e.add_argument("--device", default="auto", choices=CHOICES["train.device"])
-    e.add_argument("--beam", type=int, metavar="N", help="translate: beam width (default 5; 1: greedy)")
+    e.add_argument("--beam", type=int, metavar="N", help="beam width (translate: default 5; transcribe: 1, greedy)")
     e.add_argument("--length-penalty", type=float, metavar="A", help="translate: score / length**A (default 1)")
     e.add_argument("--json", action="store_true")
 
@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--show-attention", metavar="FILE.png", help="draw the attention of the first sentence")
     tr.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     tr.add_argument("--json", action="store_true", help="one JSON object: translations, scores and timings")
+
+    ts = sub.add_parser("transcribe", help="transcribe audio files (WAV, FLAC, OGG) with a transcribe run")
+    ts.add_argument("run")
+    ts.add_argument("files", nargs="+", metavar="FILE")
+    ts.add_argument("--beam", type=int, default=1, metavar="N", help="beam width (1: greedy search)")
+    ts.add_argument("--show-attention", metavar="FILE.png", help="las: draw the alignment of the first file")
+    ts.add_argument("--device", default="auto", choices=CHOICES["train.device"])
+    ts.add_argument("--json", action="store_true", help="one JSON object: transcripts and timings")
 
     g = sub.add_parser("generate", help="generate text with a language-model run")
     g.add_argument("run")
@@ -110,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     dsub.add_parser("list", help="list datasets and whether they are on this machine")
     dp = dsub.add_parser("prepare", help="locate (or download) and verify a dataset")
     dp.add_argument("name")
+    dp.add_argument("--utterances", type=int, default=20000, help="synth-speech: training utterances to synthesize")
     return p
 
 
@@ -231,6 +240,41 @@ def cmd_translate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transcribe(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    run = api.load(a.run, a.device, task="transcribe")
+    started = time.perf_counter()
+    results = run.transcribe(a.files, a.beam, attention=bool(a.show_attention))
+    seconds = time.perf_counter() - started
+    if a.show_attention:
+        from lamina.viz.attention import plot_attention
+
+        shown = next((r for r in results if r.get("attention")), None)
+        if shown is None:
+            transcribed = any("transcript" in r for r in results)
+            raise LaminaError(f"a {run.info['model']['name']} model has no attention to draw" if transcribed
+                              else "nothing to draw: no file was transcribed")  # fmt: skip
+        frames = [f"{i * 2 ** run.model.levels / 100:.2f}s" for i in range(len(shown["attention"][0]))]
+        plot_attention(frames, shown["characters"], shown["attention"], a.show_attention,
+                       xlabel="audio (listener frames)", ylabel="output characters")  # fmt: skip
+        print(f"wrote {a.show_attention}", file=sys.stderr)
+    for r in results:
+        if "error" in r:
+            print(f"lamina: error: {r['error']}", file=sys.stderr)
+        elif not a.json:
+            print(f"{r['file']}\t{r['transcript']}" if len(results) > 1 else r["transcript"])
+    if a.json:
+        for r in results:
+            r.pop("attention", None)
+            r.pop("characters", None)
+        audio_seconds = sum(r.get("audio_seconds", 0.0) for r in results)
+        _print_json({"transcripts": results, "beam": a.beam, "seconds": round(seconds, 4),
+                     "audio_seconds": round(audio_seconds, 3),
+                     "real_time_factor": round(seconds / max(audio_seconds, 1e-9), 4)})  # fmt: skip
+    return 1 if any("error" in r for r in results) else 0
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     from lamina import api
 
@@ -302,6 +346,14 @@ def cmd_data(a: argparse.Namespace) -> int:
         if a.name.startswith("gettext:"):  # one language of the catalogs: build its corpus and say what it holds
             print(f"{a.name}: {GETTEXT.prepare(a.name)}")
             return 0
+        if a.name == "synth-speech":  # synthesized here: build it (or find it cached) and say what it holds
+            from lamina.data import speech
+
+            root = speech.build(a.utterances)
+            c = json.loads((root / "corpus.json").read_text())
+            print(f"{a.name}: {c['utterances']:,} utterances ({c['sizes']}), {c['audio_hours']:.1f} h of audio, "
+                  f"{c['bytes'] / 1e6:,.0f} MB in {root}; made at {c['utterances_per_s']:,.0f} utterances/s")  # fmt: skip
+            return 0
         if a.name not in SOURCES:
             raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(SOURCES))}")
         where = SOURCES[a.name].prepare()  # locates or downloads, then verifies the SHA-256
@@ -321,7 +373,7 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "translate": cmd_translate,
-            "generate": cmd_generate,
+            "transcribe": cmd_transcribe, "generate": cmd_generate,
             "inspect": cmd_inspect, "models": cmd_models, "data": cmd_data}  # fmt: skip
 
 

@@ -39,6 +39,8 @@ class DataConfig:
     reverse: bool = False  # translate the other way: target -> source (translate)
     vocab_size: int = 8000  # subword vocabulary, shared by both languages (translate)
     max_tokens: int = 100  # training pairs with a side longer than this many subwords are left out (translate)
+    utterances: int = 20000  # training utterances synthesized for synth-speech (transcribe)
+    spec_augment: bool = True  # time and frequency masks on training features (transcribe)
 
 
 @dataclass

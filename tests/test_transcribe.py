@@ -1,0 +1,293 @@
+"""Speech: audio reading, log-mel features, SpecAugment, the recognizers, CTC decoding, end to end."""
+
+import json
+import math
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lamina
+from lamina.data import audio, speech
+from lamina.errors import LaminaError
+from lamina.models import get_model, list_models
+from lamina.models.speech import BLANK, Listener, ctc_beam, ctc_greedy
+
+from conftest import CPU
+from test_cli import assert_one_line_error, run_cli
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+TINY = ["model.hidden=32", *CPU]
+SENTENCES = ["open the file now", "close the door please", "the cat sees the dog", "save my work today",
+             "the red dog eats bread", "play the music loud", "my big cat is small", "read the long book",
+             "stop the red car", "see you in three days", "dogs eat bread", "the file is open"]  # fmt: skip
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
+    """A 16-bit PCM WAV written with the standard library (independent of the reader under test)."""
+    data = np.clip(samples, -1, 1)
+    if channels > 1:
+        data = np.repeat(data[:, None], channels, axis=1)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((data * 32767).astype("<i2").tobytes())
+    return path
+
+
+def tone(freq: float, seconds: float, rate: int = audio.SAMPLE_RATE, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# ----- features ----------------------------------------------------------------------------------
+def test_log_mel_of_a_tone_peaks_in_the_band_of_its_frequency():
+    for freq in (300.0, 1000.0, 3500.0):
+        feats = audio.log_mel(tone(freq, 1.0), normalise=False)  # (frames, 80)
+        assert feats.shape == (101, audio.N_MELS)  # one frame per 10 ms, centred windows
+        centres = 700 * (10 ** (np.linspace(0, 2595 * np.log10(1 + 8000 / 700), 82) / 2595) - 1)[1:-1]
+        expected = int(np.argmin(np.abs(centres - freq)))
+        assert abs(int(feats[50].argmax()) - expected) <= 1, freq
+
+
+def test_log_mel_matches_a_reference_computation():
+    """The same features from numpy's FFT, a Hann window and the filterbank applied by hand."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(4000).astype(np.float32) * 0.1
+    padded = np.pad(x, (audio.N_FFT // 2, audio.N_FFT // 2), mode="reflect")
+    window = np.zeros(audio.N_FFT)
+    left = (audio.N_FFT - audio.WINDOW) // 2
+    window[left : left + audio.WINDOW] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(audio.WINDOW) / audio.WINDOW)
+    frames = [padded[i * audio.HOP : i * audio.HOP + audio.N_FFT] * window for i in range(1 + len(x) // audio.HOP)]
+    power = np.abs(np.fft.rfft(np.array(frames), axis=1)) ** 2
+    reference = np.log(power @ audio.mel_filterbank().numpy().astype(np.float64) + 1e-6)
+    ours = audio.log_mel(x, normalise=False).numpy()
+    assert ours.shape == reference.shape
+    assert np.allclose(ours, reference, atol=2e-3, rtol=1e-3)
+    normalised = audio.log_mel(x)
+    assert torch.allclose(normalised.mean(0), torch.zeros(audio.N_MELS), atol=1e-4)
+    assert torch.allclose(normalised.std(0, unbiased=False), torch.ones(audio.N_MELS), atol=1e-3)
+
+
+def test_mel_filters_are_triangles_peaking_at_their_centres():
+    fb = audio.mel_filterbank().numpy()  # (257, 80)
+    freqs = np.linspace(0, 8000, 257)
+    for m in (0, 40, 79):
+        assert fb[:, m].max() <= 1.0 + 1e-6 and fb[:, m].max() > 0.5
+        assert abs(freqs[fb[:, m].argmax()] - audio.mel_centres()[m]) <= 8000 / 256
+    assert (fb.sum(1)[5:-5] > 0).all()  # every frequency above the lowest bins falls in some band
+
+
+def test_spec_augment_masks_bands_and_frames_reproducibly():
+    x = torch.ones(3, 200, audio.N_MELS)
+    lengths = torch.tensor([200, 150, 90])
+    a = audio.spec_augment(x, lengths, torch.Generator().manual_seed(1))
+    b = audio.spec_augment(x, lengths, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert (a == 0).any() and (a == 1).float().mean() > 0.5
+    masked_frames = (a == 0).all(-1).sum(1)  # whole frames zeroed: time masks
+    assert (masked_frames <= 2 * (lengths * 0.15).long()).all()
+
+
+def test_transcripts_are_normalised():
+    assert audio.normalise_text("Don't open 3 files!") == "don't open three files"
+    assert audio.normalise_text("‘Tis 1984, said 'he'") == "tis one thousand nine hundred eighty four said he"
+    assert audio.number_words(215) == "two hundred fifteen"
+    assert audio.decode_ids(audio.encode_text("it's ok")) == "it's ok"
+
+
+# ----- reading audio -----------------------------------------------------------------------------
+def test_read_audio_downmixes_and_resamples(tmp_path):
+    path = write_wav(tmp_path / "stereo.wav", tone(440, 0.5, 44100), 44100, channels=2)
+    x = audio.read_audio(path)
+    assert x.dtype == np.float32 and abs(len(x) - 8000) <= 2
+    spectrum = np.abs(np.fft.rfft(x))
+    assert abs(np.argmax(spectrum) * audio.SAMPLE_RATE / len(x) - 440) < 5
+
+
+def test_bad_audio_files_give_one_line_errors(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("not audio at all\n" * 10)
+    good = write_wav(tmp_path / "good.wav", tone(440, 0.5), 16000)
+    (tmp_path / "truncated.wav").write_bytes(good.read_bytes()[:30])
+    for name, says in (("missing.wav", "no such file"), ("empty.wav", "empty file"), ("text.wav", "not a readable"),
+                       ("truncated.wav", "truncated.wav")):  # fmt: skip
+        with pytest.raises(LaminaError, match=says) as info:
+            audio.read_audio(tmp_path / name)
+        assert "\n" not in str(info.value)
+
+
+def test_long_recordings_are_cut_at_quiet_moments():
+    speechy = np.concatenate([tone(300, 3.0), np.zeros(1600, np.float32), tone(500, 3.0), np.zeros(800, np.float32),
+                              tone(700, 3.0)])  # fmt: skip
+    pieces = audio.split_quiet(speechy, 4.0)
+    assert len(pieces) == 3 and sum(len(p) for p in pieces) == len(speechy)
+    assert all(len(p) <= 4.0 * audio.SAMPLE_RATE for p in pieces)
+    assert np.abs(pieces[1][:100]).max() < 1e-3  # the cut fell in the silence, not in a 'word'
+
+
+# ----- models ------------------------------------------------------------------------------------
+def test_pyramidal_listener_halves_time_per_level_and_ignores_padding():
+    torch.manual_seed(0)
+    listener = Listener(n_mels=8, hidden=16, levels=3, dropout=0.0).eval()
+    x = torch.randn(2, 100, 8)
+    out, lengths = listener(x, torch.tensor([100, 61]))
+    assert out.shape == (2, 12, 16) and lengths.tolist() == [12, 7]
+    assert (out[1, 7:] == 0).all()  # padding positions are zero
+    alone, _ = listener(x[1:, :61], torch.tensor([61]))
+    assert torch.allclose(alone[0, :7], out[1, :7], atol=1e-5)  # the padded batch changes nothing
+
+
+@pytest.mark.parametrize("name", [s.name for s in list_models("transcribe")])
+def test_every_recognizer_trains_and_decodes(name):
+    torch.manual_seed(0)
+    model = get_model("transcribe", name, vocab_size=audio.VOCAB, n_mels=16, hidden=32)
+    feats, lengths = torch.randn(3, 64, 16), torch.tensor([64, 50, 33])
+    tgt = [audio.encode_text(t) for t in ("ab", "cab", "a")]
+    tgt_in = speech.pad([[audio.BOS, *t] for t in tgt])
+    tgt_out = speech.pad([[*t, audio.EOS] for t in tgt])
+    _, loss = model(feats, lengths, tgt_in, tgt_out)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    for beam in (1, 3):
+        hyps = model.recognize(feats, lengths, beam=beam)
+        assert len(hyps) == 3 and all(isinstance(h.tokens, list) for h in hyps)
+
+
+@pytest.mark.parametrize("name, options", [("las", {}), ("ctc", {"layers": 2})])
+def test_recognizers_overfit_one_batch(name, options):
+    """Each character lights its own band for 16 frames: both recognizers learn to spell four
+    utterances exactly (CTC more slowly: it first predicts only blanks)."""
+    torch.manual_seed(0)
+    texts = ("abc", "cab", "bca", "aab")
+    feats = 0.1 * torch.randn(4, 80, 8)
+    for i, t in enumerate(texts):
+        for j, c in enumerate(t):
+            feats[i, 20 * j + 2 : 20 * j + 18, "abc".index(c) * 2] += 3.0
+    lengths = torch.full((4,), 80)
+    tgt = [audio.encode_text(t) for t in texts]
+    tgt_in, tgt_out = speech.pad([[audio.BOS, *t] for t in tgt]), speech.pad([[*t, audio.EOS] for t in tgt])
+    model = get_model("transcribe", name, vocab_size=audio.VOCAB, n_mels=8, hidden=64, dropout=0.0, **options)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(500):
+        opt.zero_grad()
+        _, loss = model(feats, lengths, tgt_in, tgt_out)
+        loss.backward()
+        opt.step()
+    model.eval()
+    got = [audio.decode_ids(h.tokens) for h in model.recognize(feats, lengths)]
+    assert got == list(texts), (name, got, float(loss))
+
+
+def test_ctc_greedy_merges_repeats_then_drops_blanks():
+    a, b = audio.encode_text("ab")
+    path = [a, a, BLANK, a, b, b, BLANK, BLANK]  # 'aa-abb--' -> 'aab'
+    log_probs = torch.full((1, len(path), audio.VOCAB), -10.0)
+    for t, s in enumerate(path):
+        log_probs[0, t, s] = 0.0
+    log_probs = log_probs.log_softmax(-1)
+    assert ctc_greedy(log_probs, torch.tensor([8]))[0].tokens == [a, a, b]
+    assert ctc_greedy(log_probs, torch.tensor([3]))[0].tokens == [a]  # frames beyond the length are ignored
+    assert ctc_beam(log_probs[0], 8, beam=4).tokens == [a, a, b]
+
+
+def test_ctc_beam_search_sums_the_alignments_of_one_text():
+    """Per frame: blank 0.4, 'a' 0.35, 'b' 0.25, twice. The best path is '--' (empty, p 0.16), but
+    'a' has the alignments 'a-', '-a' and 'aa': 0.14 + 0.14 + 0.1225 = 0.4025."""
+    a, b = audio.encode_text("ab")
+    probs = torch.full((2, audio.VOCAB), 1e-9)
+    probs[:, BLANK], probs[:, a], probs[:, b] = 0.4, 0.35, 0.25
+    log_probs = probs.log()
+    assert ctc_greedy(log_probs[None], torch.tensor([2]))[0].tokens == []
+    best = ctc_beam(log_probs, 2, beam=8)
+    assert best.tokens == [a]
+    assert math.isclose(math.exp(best.score), 0.4025, rel_tol=1e-4)
+
+
+# ----- synthesized corpus and end to end ----------------------------------------------------------------
+@needs_espeak
+def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
+    root = speech.build(40, seed=3, root=tmp_path / "corpus", sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
+                        workers=1, quiet=True)  # fmt: skip
+    rows = [json.loads(line) for line in (root / "utterances.jsonl").read_text().splitlines()]
+    by_split = {s: [r for r in rows if r["split"] == s] for s in speech.SPLITS}
+    assert {s: len(v) for s, v in by_split.items()} == speech.default_sizes(40)
+    train_voices = {(r["accent"], r["variant"]) for r in by_split["train"]}
+    assert not any(a in speech.TEST_ACCENTS or v in speech.TEST_VARIANTS for a, v in train_voices)
+    assert all(r["group"] != "seen" for r in by_split["test"])
+    assert not {r["text"] for r in by_split["test"]} & {r["text"] for r in by_split["train"]}
+    assert {r["snr"] for r in by_split["test"]} == set(speech.EVAL_SNRS)
+    x = audio.read_audio(root / by_split["train"][0]["path"])
+    assert 0.5 < audio.seconds(x) < 15 and not audio.is_silent(x)
+    again = speech.build(40, seed=3, root=tmp_path / "again", sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
+                         workers=2, quiet=True)  # fmt: skip
+    first = root / by_split["test"][5]["path"]
+    assert np.array_equal(audio.read_audio(first), audio.read_audio(again / by_split["test"][5]["path"]))  # deterministic
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    base = tmp_path_factory.mktemp("speech")
+    root = speech.build(48, seed=0, root=base / "corpus", sentences=SENTENCES, workers=2, quiet=True)
+    out = base / "run"
+    summary = lamina.train("transcribe", data=str(root), model="las", epochs=2, batch_size=8,
+                           out=str(out), quiet=True, sets=TINY)  # fmt: skip
+    return summary, root
+
+
+def test_train_save_load_transcribe_end_to_end(speech_run, tmp_path):
+    summary, root = speech_run
+    assert summary["status"] == "complete" and "wer" in summary["metrics"]["val"] and "cer" in summary["metrics"]["test"]
+    run = lamina.load(summary["run"])
+    files = sorted((root / "audio" / "test").glob("*.flac"))[:3]
+    first = run.transcribe(files)
+    again = lamina.load(summary["run"]).transcribe(files)
+    assert [r["transcript"] for r in first] == [r["transcript"] for r in again]  # reloaded: same outputs
+    assert all(set(r["transcript"]) <= set(audio.CHARS) and r["real_time_factor"] > 0 for r in first)
+    result = run.evaluate(data=str(root / "test.tsv"))
+    assert result["split"] == "all" and 0 <= result["metrics"]["cer"] and result["n"] == len(speech.read_manifest(root / "test.tsv"))
+    assert Path(result["files"][0]).is_file()
+
+
+def test_transcribe_cli_goes_past_bad_files(speech_run, tmp_path, capsys):
+    summary, root = speech_run
+    good = sorted((root / "audio" / "test").glob("*.flac"))[0]
+    (tmp_path / "bad.wav").write_text("no audio here")
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)
+    code, out, err = run_cli(capsys, "transcribe", summary["run"], str(good), str(tmp_path / "bad.wav"), str(silent),
+                             "--json", "--show-attention", str(tmp_path / "att.png"))  # fmt: skip
+    assert code == 1
+    result = json.loads(out)
+    assert [("error" in r) for r in result["transcripts"]] == [False, True, False]
+    assert result["transcripts"][2]["transcript"] == "" and "silent" in err
+    assert "not a readable audio file" in err and "Traceback" not in err
+    assert (tmp_path / "att.png").is_file()
+    code, out, err = run_cli(capsys, "transcribe", summary["run"], str(good), "--beam", "0")
+    assert code == 2
+    assert_one_line_error(err)
+
+
+def test_evaluate_reports_per_noise_level_and_voice_group(speech_run):
+    summary, root = speech_run
+    result = lamina.load(summary["run"]).evaluate()  # the corpus folder's test split, with who spoke what
+    m = result["metrics"]
+    assert set(m["by_noise"]) == {"clean", "20 dB", "10 dB", "5 dB"}
+    assert set(m["by_voice"]) <= {"accent", "variant", "both"}
+    assert sum(g["n"] for g in m["by_voice"].values()) == result["n"]
+
+
+def test_bad_manifest_lines_are_reported(tmp_path, capsys):
+    good = write_wav(tmp_path / "a.wav", tone(200, 0.3), 16000)
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"{good.name}\thello there\nno tab here\n{good.name}\t2 cats\n")
+    rows = speech.read_manifest(manifest)
+    assert [r.text for r in rows] == ["hello there", "two cats"] and rows[0].path == good
+    assert "line 2" in capsys.readouterr().err
