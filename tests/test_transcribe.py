@@ -291,3 +291,16 @@ def test_bad_manifest_lines_are_reported(tmp_path, capsys):
     rows = speech.read_manifest(manifest)
     assert [r.text for r in rows] == ["hello there", "two cats"] and rows[0].path == good
     assert "line 2" in capsys.readouterr().err
+
+
+def test_long_files_are_chunked_and_over_long_files_refused(speech_run, tmp_path, monkeypatch, capsys):
+    summary, root = speech_run
+    first = audio.read_audio(sorted((root / "audio" / "test").glob("*.flac"))[0])
+    gap = np.zeros(audio.SAMPLE_RATE // 2, np.float32)
+    long_file = write_wav(tmp_path / "long.wav", np.concatenate([first, gap] * 6), audio.SAMPLE_RATE)
+    result = lamina.transcribe(summary["run"], [long_file])[0]
+    assert "error" not in result and result["audio_seconds"] > 6 * audio.seconds(first)
+    assert "chunks" in capsys.readouterr().err
+    monkeypatch.setattr(audio, "MAX_SECONDS", 2.0)
+    result = lamina.transcribe(summary["run"], [long_file])[0]
+    assert "limit" in result["error"] and "\n" not in result["error"]

@@ -5,7 +5,7 @@
 """
 
 __version__ = "0.1.0"
-API = ("evaluate", "generate", "inspect_gradients", "load", "predict", "train")
+API = ("evaluate", "generate", "inspect_gradients", "load", "predict", "train", "transcribe", "translate")
 __all__ = ["__version__", *API]
 
 

