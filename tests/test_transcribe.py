@@ -270,6 +270,8 @@ def test_transcribe_cli_goes_past_bad_files(speech_run, tmp_path, capsys):
     assert result["transcripts"][2]["transcript"] == "" and "silent" in err
     assert "not a readable audio file" in err and "Traceback" not in err
     assert (tmp_path / "att.png").is_file()
+    code, out, err = run_cli(capsys, "predict", summary["run"], str(good))
+    assert code == 0 and out.startswith(f"{good}\t")
     code, out, err = run_cli(capsys, "transcribe", summary["run"], str(good), "--beam", "0")
     assert code == 2
     assert_one_line_error(err)

@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--length-penalty", type=float, metavar="A", help="translate: score / length**A (default 1)")
     e.add_argument("--json", action="store_true")
 
-    pr = sub.add_parser("predict", help="predict labels for inputs (classify: image files; lm: texts, next character)")
+    pr = sub.add_parser("predict", help="predict for inputs (classify: image files; lm: texts, next character; "
+                                        "translate: texts; transcribe: audio files)")
     pr.add_argument("run")
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--top-k", type=int, default=5)
@@ -197,6 +198,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"lamina: error: {r['error']}", file=sys.stderr)
         elif not a.json and "translation" in r:
             print(r["translation"])
+        elif not a.json and "transcript" in r:
+            print(f"{r['file']}\t{r['transcript']}")
         elif not a.json and "next" in r:  # lm: the most likely next characters
             shown = ", ".join(f"{p['char']!r} {p['probability']:.1%}" for p in r["next"])
             print(f"{r['text']!r}: {shown}")
@@ -204,6 +207,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
             shown = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
             print(f"{r['file']}: {shown}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def _with_attention(run, results: list[dict], done: str, nothing: str) -> dict:
+    """The first result with attention weights to draw, or a one-line error saying why there is none."""
+    shown = next((r for r in results if r.get("attention")), None)
+    if shown is None:
+        raise LaminaError(f"a {run.info['model']['name']} model has no attention to draw"
+                          if any(done in r for r in results) else f"nothing to draw: {nothing}")  # fmt: skip
+    return shown
 
 
 def cmd_translate(a: argparse.Namespace) -> int:
@@ -221,11 +233,7 @@ def cmd_translate(a: argparse.Namespace) -> int:
     if a.show_attention:
         from lamina.viz.attention import plot_attention
 
-        shown = next((r for r in results if r.get("attention")), None)
-        if shown is None:
-            translated = any("score" in r for r in results)
-            raise LaminaError(f"a {run.info['model']['name']} model has no attention to draw" if translated
-                              else "nothing to draw: no sentence was translated")  # fmt: skip
+        shown = _with_attention(run, results, done="score", nothing="no sentence was translated")
         plot_attention(shown["source_pieces"], shown["target_pieces"], shown["attention"], a.show_attention)
         print(f"wrote {a.show_attention}", file=sys.stderr)
     if a.json:
@@ -250,11 +258,7 @@ def cmd_transcribe(a: argparse.Namespace) -> int:
     if a.show_attention:
         from lamina.viz.attention import plot_attention
 
-        shown = next((r for r in results if r.get("attention")), None)
-        if shown is None:
-            transcribed = any("transcript" in r for r in results)
-            raise LaminaError(f"a {run.info['model']['name']} model has no attention to draw" if transcribed
-                              else "nothing to draw: no file was transcribed")  # fmt: skip
+        shown = _with_attention(run, results, done="transcript", nothing="no file was transcribed")
         frames = [f"{i * 2 ** run.model.levels / 100:.2f}s" for i in range(len(shown["attention"][0]))]
         plot_attention(frames, shown["characters"], shown["attention"], a.show_attention,
                        xlabel="audio (listener frames)", ylabel="output characters")  # fmt: skip

@@ -23,3 +23,11 @@ def warn(message: str) -> None:
     import sys
 
     print(f"lamina: warning: {message}", file=sys.stderr, flush=True)
+
+
+def warn_skipped_lines(numbers: list[int], path, expected: str) -> None:
+    """One warning for the malformed lines of a file, the first ten by number."""
+    if numbers:
+        shown = ", ".join(map(str, numbers[:10])) + (", ..." if len(numbers) > 10 else "")
+        many = "s" * (len(numbers) > 1)
+        warn(f"skipped {len(numbers)} malformed line{many} of {path} (line{many} {shown}): expected {expected}")

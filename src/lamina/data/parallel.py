@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from lamina.errors import LaminaError, UsageError, warn
+from lamina.errors import LaminaError, UsageError, warn, warn_skipped_lines
 
 LOCALE_DIR = Path("/usr/share/locale")
 SPLITS = {"train": (0, 90), "val": (90, 95), "test": (95, 100)}  # hash buckets out of 100
@@ -188,10 +188,7 @@ def read_tsv(path: Path) -> list[Pair]:
             bad.append(number)
             continue
         pairs.append((fields[0], fields[1]))
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-        warn(f"skipped {len(bad)} malformed line{'s' * (len(bad) > 1)} of {path} (line{'s' * (len(bad) > 1)} {shown}): "
-             "expected source<TAB>target[<TAB>attribution]")  # fmt: skip
+    warn_skipped_lines(bad, path, "source<TAB>target[<TAB>attribution]")
     if not pairs:
         raise LaminaError(f"{path} holds no source<TAB>target pairs")
     return pairs

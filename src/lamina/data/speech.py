@@ -32,7 +32,7 @@ import torch
 
 from lamina.data import audio
 from lamina.data.parallel import pad
-from lamina.errors import LaminaError, UsageError, warn
+from lamina.errors import LaminaError, UsageError, warn, warn_skipped_lines
 
 NAME = "synth-speech"
 RECIPE_VERSION = 1
@@ -297,10 +297,7 @@ def read_manifest(path: Path, info: dict[str, dict] | None = None) -> list[Examp
         audio_path = Path(fields[0].strip()).expanduser()
         full = audio_path if audio_path.is_absolute() else path.parent / audio_path
         rows.append(Example(full, audio.normalise_text(fields[1]), (info or {}).get(fields[0].strip(), {})))
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-        warn(f"skipped {len(bad)} malformed line{'s' * (len(bad) > 1)} of {path} (line {shown}): "
-             "expected audio-path<TAB>transcript")  # fmt: skip
+    warn_skipped_lines(bad, path, "audio-path<TAB>transcript")
     if not rows:
         raise LaminaError(f"{path} lists no audio-path<TAB>transcript lines")
     return rows
