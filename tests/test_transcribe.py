@@ -135,11 +135,34 @@ def test_pyramidal_listener_halves_time_per_level_and_ignores_padding():
     torch.manual_seed(0)
     listener = Listener(n_mels=8, hidden=16, levels=3, dropout=0.0).eval()
     x = torch.randn(2, 100, 8)
-    out, lengths = listener(x, torch.tensor([100, 61]))
+    levels = listener(x, torch.tensor([100, 61]))
+    assert [out.shape[1] for out, _ in levels] == [100, 50, 25, 12]
+    out, lengths = levels[-1]
     assert out.shape == (2, 12, 16) and lengths.tolist() == [12, 7]
     assert (out[1, 7:] == 0).all()  # padding positions are zero
-    alone, _ = listener(x[1:, :61], torch.tensor([61]))
+    alone, _ = listener(x[1:, :61], torch.tensor([61]))[-1]
     assert torch.allclose(alone[0, :7], out[1, :7], atol=1e-5)  # the padded batch changes nothing
+
+
+@pytest.mark.parametrize("name", ["las", "joint", "ctc"])
+def test_recognizers_take_inputs_shorter_than_their_subsampling(name):
+    model = get_model("transcribe", name, vocab_size=audio.VOCAB, n_mels=16, hidden=32).eval()
+    for frames in (1, 3, 7):
+        hyps = model.recognize(torch.randn(1, frames, 16), torch.tensor([frames]), beam=1)
+        assert len(hyps) == 1
+
+
+def test_joint_ctc_head_reads_25_frames_a_second():
+    """Fast speech says about 20 characters a second: a CTC head on the 12.5-frame top level could
+    not align it (infinite loss, zeroed); the joint model's reads the 4x level."""
+    torch.manual_seed(0)
+    model = get_model("transcribe", "joint", vocab_size=audio.VOCAB, n_mels=16, hidden=32)
+    text = audio.encode_text("the quick brown fox jumps")  # 25 characters
+    feats, lengths = torch.randn(1, 100, 16), torch.tensor([100])  # 1 second of frames
+    tgt_in, tgt_out = speech.pad([[audio.BOS, *text]]), speech.pad([[*text, audio.EOS]])
+    model.ctc_weight = 1.0  # the CTC term alone
+    _, loss = model(feats, lengths, tgt_in, tgt_out)
+    assert loss.item() > 0  # 25 listener frames align 25 characters; 12 would give a zeroed loss
 
 
 @pytest.mark.parametrize("name", [s.name for s in list_models("transcribe")])
@@ -194,6 +217,8 @@ def test_ctc_greedy_merges_repeats_then_drops_blanks():
     log_probs = log_probs.log_softmax(-1)
     assert ctc_greedy(log_probs, torch.tensor([8]))[0].tokens == [a, a, b]
     assert ctc_greedy(log_probs, torch.tensor([3]))[0].tokens == [a]  # frames beyond the length are ignored
+    short = ctc_greedy(log_probs, torch.tensor([3]))[0].score
+    assert short == pytest.approx(log_probs[0, :3].max(-1).values.sum().item())  # and left out of the score
     assert ctc_beam(log_probs[0], 8, beam=4).tokens == [a, a, b]
 
 
@@ -229,6 +254,22 @@ def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
                          workers=2, quiet=True)  # fmt: skip
     first = root / by_split["test"][5]["path"]
     assert np.array_equal(audio.read_audio(first), audio.read_audio(again / by_split["test"][5]["path"]))  # deterministic
+    whole = json.loads((again / "corpus.json").read_text())
+    (again / "corpus.json").unlink()  # as if interrupted before the end: the build resumes
+    (again / by_split["test"][5]["path"]).unlink()
+    resumed = json.loads((speech.build(40, seed=3, root=again, sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
+                                       workers=1, quiet=True) / "corpus.json").read_text())  # fmt: skip
+    assert resumed["generated"] == 1 and resumed["audio_hours"] == pytest.approx(whole["audio_hours"], abs=1e-3)
+    assert resumed["bytes"] == pytest.approx(whole["bytes"], rel=0.01)
+
+
+def test_a_corpus_folder_without_val_tsv_keeps_its_test_tsv(tmp_path):
+    good = write_wav(tmp_path / "a.wav", tone(200, 0.3), 16000)
+    (tmp_path / "train.tsv").write_text("".join(f"{good.name}\tline {i}\n" for i in range(30)))
+    (tmp_path / "test.tsv").write_text(f"{good.name}\tthe test line\n")
+    splits = speech.folder_splits(tmp_path)
+    assert [r.text for r in splits["test"]] == ["the test line"]
+    assert splits["val"] and splits["train"] and len(splits["train"]) + len(splits["val"]) == 30
 
 
 @pytest.fixture(scope="module")

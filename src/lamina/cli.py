@@ -255,6 +255,11 @@ def cmd_transcribe(a: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = run.transcribe(a.files, a.beam, attention=bool(a.show_attention))
     seconds = time.perf_counter() - started
+    for r in results:  # first, so that a failed plot cannot hide why a file was not transcribed
+        if "error" in r:
+            print(f"lamina: error: {r['error']}", file=sys.stderr)
+        elif not a.json:
+            print(f"{r['file']}\t{r['transcript']}" if len(results) > 1 else r["transcript"])
     if a.show_attention:
         from lamina.viz.attention import plot_attention
 
@@ -263,11 +268,6 @@ def cmd_transcribe(a: argparse.Namespace) -> int:
         plot_attention(frames, shown["characters"], shown["attention"], a.show_attention,
                        xlabel="audio (listener frames)", ylabel="output characters")  # fmt: skip
         print(f"wrote {a.show_attention}", file=sys.stderr)
-    for r in results:
-        if "error" in r:
-            print(f"lamina: error: {r['error']}", file=sys.stderr)
-        elif not a.json:
-            print(f"{r['file']}\t{r['transcript']}" if len(results) > 1 else r["transcript"])
     if a.json:
         for r in results:
             r.pop("attention", None)

@@ -170,16 +170,19 @@ def synthesize(u: Utterance) -> np.ndarray:
     return wave.astype(np.float32)
 
 
-def _render(job: tuple[Utterance, str]) -> tuple[int, float]:
+def _render(job: tuple[Utterance, str]) -> tuple[bool, float]:
+    """Synthesize one utterance unless an earlier (interrupted) build did: (made now, its seconds)."""
     u, root = job
     target = Path(root) / u.path
-    if not target.is_file():
-        wave = synthesize(u)
-        tmp = target.with_suffix(".tmp.flac")
-        audio.write_flac(tmp, wave)
-        os.replace(tmp, target)  # a file is there whole or not at all: an interrupted build resumes
-        return u.index, audio.seconds(wave)
-    return u.index, -1.0
+    if target.is_file():
+        import soundfile
+
+        return False, soundfile.info(str(target)).duration
+    wave = synthesize(u)
+    tmp = target.with_suffix(".tmp.flac")
+    audio.write_flac(tmp, wave)
+    os.replace(tmp, target)  # a file is there whole or not at all: an interrupted build resumes
+    return True, audio.seconds(wave)
 
 
 # ----- the corpus ----------------------------------------------------------------------------------
@@ -236,9 +239,8 @@ def build(train: int, seed: int = 0, root: Path | None = None, sentences: list[s
     started, made, audio_seconds = time.perf_counter(), 0, 0.0
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"{NAME}: synthesizing {len(utterances):,} utterances into {root} (cached for later runs)")
-    for done, (_, secs) in enumerate(_map(_render, [(u, str(root)) for u in utterances], workers), 1):
-        if secs >= 0:
-            made, audio_seconds = made + 1, audio_seconds + secs
+    for done, (made_now, secs) in enumerate(_map(_render, [(u, str(root)) for u in utterances], workers), 1):
+        made, audio_seconds = made + made_now, audio_seconds + secs
         if not quiet and (done % 500 == 0 or done == len(utterances)):
             rate = done / max(time.perf_counter() - started, 1e-9)
             end = "\n" if done == len(utterances) or not sys.stderr.isatty() else ""
@@ -250,7 +252,7 @@ def build(train: int, seed: int = 0, root: Path | None = None, sentences: list[s
     with open(root / "utterances.jsonl", "w", encoding="utf-8") as f:
         for u in utterances:
             f.write(json.dumps({**u.__dict__, "path": u.path, "group": u.group}) + "\n")
-    size = sum(p.stat().st_size for p in (root / "audio").rglob("*.flac"))
+    size = sum(p.stat().st_size for p in (root / "audio").rglob("*.flac") if not p.name.endswith(".tmp.flac"))
     summary = {**recipe, "key": key, "utterances": len(utterances), "generated": made,
                "generation_seconds": round(seconds, 2), "utterances_per_s": round(made / max(seconds, 1e-9), 1),
                "audio_hours": round(audio_seconds / 3600, 3), "bytes": size}  # fmt: skip
@@ -321,7 +323,10 @@ def folder_splits(root: Path) -> dict[str, list[Example]]:
         raise LaminaError(f"{root} is a folder without train.tsv: give a corpus folder (train.tsv, val.tsv, "
                           "test.tsv) or a .tsv manifest")  # fmt: skip
     if not (root / "val.tsv").is_file():
-        return manifest_splits(root / "train.tsv")
+        splits = manifest_splits(root / "train.tsv")
+        if (root / "test.tsv").is_file():
+            splits["test"] = read_manifest(root / "test.tsv")
+        return splits
     return {s: read_manifest(root / f"{s}.tsv") if (root / f"{s}.tsv").is_file() else [] for s in SPLITS}
 
 
@@ -333,6 +338,8 @@ def manifest_splits(path: Path, val_path: str = "") -> dict[str, list[Example]]:
     val = [r for r in rows if sentence_split(r.text) == "test"]
     train = [r for r in rows if sentence_split(r.text) != "test"]
     if not val or not train:  # a tiny manifest: hold out its last utterance
+        if len(rows) == 1:
+            warn(f"{path} lists one utterance: it is validated on the utterance it trains on")
         train, val = rows[:-1] or rows, rows[-1:]
     return {"train": train, "val": val, "test": []}
 

@@ -34,6 +34,10 @@ from lamina.models.seq2seq import Memory
 PAD, BOS, EOS = 0, 2, 3
 BLANK = PAD
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+# The joint model's CTC head reads the listener after two halvings (25 frames a second), not its top
+# (12.5 at levels=3): CTC needs a frame per character plus a blank between doubled letters, and fast
+# speech says up to about 20 characters a second; too few frames make the loss infinite (zeroed).
+CTC_LEVEL = 2
 
 
 def _run_packed(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -58,7 +62,8 @@ def ctc_greedy(log_probs: torch.Tensor, frames: torch.Tensor) -> list[Hypothesis
     ('aa-ab-' -> 'a-ab-' -> 'aab': a blank between two a's keeps both)."""
     best, ids = log_probs.max(-1)  # (N, T)
     out = []
-    for row, score, n in zip(ids.tolist(), best.sum(-1).tolist(), frames.tolist()):
+    valid = torch.arange(best.shape[1], device=best.device)[None] < frames[:, None].to(best.device)
+    for row, score, n in zip(ids.tolist(), (best * valid).sum(-1).tolist(), frames.tolist()):
         tokens, previous = [], BLANK
         for t in row[:n]:
             if t != previous and t != BLANK:
@@ -171,13 +176,17 @@ class Listener(nn.Module):
         n, t, h = x.shape
         return x[:, : t // 2 * 2].reshape(n, t // 2, 2 * h), (lengths // 2).clamp(min=1)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The outputs and lengths of every level, finest first; the last is the listener's output."""
+        x = F.pad(x, (0, 0, 0, max(0, 2 ** (len(self.rnns) - 1) - x.shape[1])))  # >= 1 frame at the top
+        levels = []
         for i, rnn in enumerate(self.rnns):
             if i > 0:
                 x, lengths = self.reduce(x, lengths)
             x = self.drop(_run_packed(rnn, x, lengths))
-        mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
-        return x * mask[..., None], lengths  # zero at padding
+            mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+            levels.append((x * mask[..., None], lengths))  # zero at padding
+        return levels
 
 
 class LocationAttention(nn.Module):
@@ -223,7 +232,9 @@ class LAS(nn.Module):
         """-> memory (listener states, their attention keys, mask) and the speller's first state:
         (h, c, previous attentional vector, previous attention weights), each (1, N, ...) so that
         lamina.models.decoding can select hypotheses along dimension 1."""
-        out, frames = self.listener(feats, lengths)
+        return self._memory(*self.listener(feats, lengths)[-1])
+
+    def _memory(self, out: torch.Tensor, frames: torch.Tensor):
         mask = torch.arange(out.shape[1], device=out.device)[None] < frames[:, None]  # (N, S)
         memory = Memory(out, self.attention.key(out), mask)
         n = out.shape[0]
@@ -246,7 +257,8 @@ class LAS(nn.Module):
         return logits, (h[None], c[None], feed[None], weights[None]), weights
 
     def forward(self, feats, lengths, tgt_in=None, tgt_out=None, label_smoothing: float = 0.0):
-        memory, state = self.encode(feats, lengths)
+        levels = self.listener(feats, lengths)
+        memory, state = self._memory(*levels[-1])
         if tgt_in is None:
             return memory.outputs, None
         steps = []
@@ -259,7 +271,8 @@ class LAS(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD,
                                    label_smoothing=label_smoothing)  # fmt: skip
             if self.ctc_head is not None:
-                ctc = ctc_loss(self.ctc_head(memory.outputs), memory.mask.sum(1), tgt_out)
+                ctc_states, ctc_frames = levels[min(CTC_LEVEL, self.levels)]
+                ctc = ctc_loss(self.ctc_head(ctc_states), ctc_frames, tgt_out)
                 loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
         return logits, loss
 

@@ -204,7 +204,7 @@ class TranscribeTask(Task):
                 warn(f"{file} is silent: empty transcript")
                 pieces = []
             else:
-                pieces = audio.split_quiet(wave, chunk)
+                pieces = [p for p in audio.split_quiet(wave, chunk) if not audio.is_silent(p)]  # pauses say nothing
                 if len(pieces) > 1:
                     warn(f"{file} lasts {audio.seconds(wave):.0f} s, longer than the model was trained on: "
                          f"transcribing it in {len(pieces)} chunks")  # fmt: skip
