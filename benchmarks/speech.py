@@ -38,6 +38,7 @@ def time_to_target(run: Path, key: str = "val_wer", target: float = TARGET_WER) 
 
 def real_time_factor(run: Path, files: list[Path]) -> dict:
     import lamina
+    from lamina.data import audio
 
     loaded = lamina.load(run, device="cpu")
     loaded.transcribe(files[:2])  # warm-up: first calls allocate and pick kernels
@@ -50,13 +51,7 @@ def real_time_factor(run: Path, files: list[Path]) -> dict:
         latencies.append(seconds)
     return {"rtf_median": statistics.median(rtfs), "rtf_p95": sorted(rtfs)[int(0.95 * (len(rtfs) - 1))],
             "latency_median_s": statistics.median(latencies),
-            "audio_median_s": statistics.median(lamina_seconds(files))}  # fmt: skip
-
-
-def lamina_seconds(files: list[Path]) -> list[float]:
-    import soundfile
-
-    return [soundfile.info(str(f)).duration for f in files]
+            "audio_median_s": statistics.median(audio.file_seconds(f) for f in files)}  # fmt: skip
 
 
 def main() -> None:

@@ -186,6 +186,13 @@ def seconds(wave: np.ndarray) -> float:
     return len(wave) / SAMPLE_RATE
 
 
+def file_seconds(path: str | Path) -> float:
+    """Duration of an audio file from its header, without decoding it."""
+    import soundfile
+
+    return soundfile.info(str(path)).duration
+
+
 def frames_of(samples: int) -> int:
     """Feature frames log_mel makes of `samples` samples (centred windows)."""
     return 1 + max(samples, WINDOW) // HOP

@@ -175,9 +175,7 @@ def _render(job: tuple[Utterance, str]) -> tuple[bool, float]:
     u, root = job
     target = Path(root) / u.path
     if target.is_file():
-        import soundfile
-
-        return False, soundfile.info(str(target)).duration
+        return False, audio.file_seconds(target)
     wave = synthesize(u)
     tmp = target.with_suffix(".tmp.flac")
     audio.write_flac(tmp, wave)
@@ -322,12 +320,11 @@ def folder_splits(root: Path) -> dict[str, list[Example]]:
     if not (root / "train.tsv").is_file():
         raise LaminaError(f"{root} is a folder without train.tsv: give a corpus folder (train.tsv, val.tsv, "
                           "test.tsv) or a .tsv manifest")  # fmt: skip
-    if not (root / "val.tsv").is_file():
-        splits = manifest_splits(root / "train.tsv")
-        if (root / "test.tsv").is_file():
-            splits["test"] = read_manifest(root / "test.tsv")
-        return splits
-    return {s: read_manifest(root / f"{s}.tsv") if (root / f"{s}.tsv").is_file() else [] for s in SPLITS}
+    val = root / "val.tsv"
+    splits = manifest_splits(root / "train.tsv", str(val) if val.is_file() else "")
+    if (root / "test.tsv").is_file():
+        splits["test"] = read_manifest(root / "test.tsv")
+    return splits
 
 
 def manifest_splits(path: Path, val_path: str = "") -> dict[str, list[Example]]:
