@@ -82,8 +82,9 @@ def main() -> None:
     cfg = config.resolve({}, sets=["train.epochs=1", "train.quiet=true", "optim.lr=0.2"])
     precision = Precision(resolve_amp("auto", device), device)
     data = fashion_mnist("train")
-    stream = ImageBatches(data, a.batch_size, [0.286], [0.353], device, train=True, flip=True, crop_padding=2,
-                          channels_last=True)  # fmt: skip
+    stream = ImageBatches(
+        data, a.batch_size, [0.286], [0.353], device, train=True, flip=True, crop_padding=2, channels_last=True
+    )
     batches = [b for _, b in zip(range(a.batches), stream.epoch(0))]
     n = sum(len(y) for _, y in batches)
     model = get_model("classify", a.model).to(memory_format=torch.channels_last)
@@ -94,24 +95,40 @@ def main() -> None:
         for r in range(a.repeats + 1):  # the first round warms up both and is discarded
             for name in ("bare", "lamina") if r % 2 == 0 else ("lamina", "bare"):
                 model.load_state_dict(initial)
-                seconds = (bare_loop(model, batches, cfg, precision) if name == "bare"
-                           else lamina_loop(model, batches, cfg, precision, f"{tmp}/{r}"))  # fmt: skip
+                seconds = (
+                    bare_loop(model, batches, cfg, precision)
+                    if name == "bare"
+                    else lamina_loop(model, batches, cfg, precision, f"{tmp}/{r}")
+                )
                 if r:
                     rates[name].append(n / seconds)
     bare, ours = median(rates["bare"]), median(rates["lamina"])
-    result = {"benchmark": "engine_overhead", "model": a.model, "precision": precision.name, "samples": n,
-              "bare_samples_per_s": round(bare), "lamina_samples_per_s": round(ours), "ratio": round(ours / bare, 3),
-              "bare_all": [round(x) for x in rates["bare"]], "lamina_all": [round(x) for x in rates["lamina"]]}  # fmt: skip
+    result = {
+        "benchmark": "engine_overhead",
+        "model": a.model,
+        "precision": precision.name,
+        "samples": n,
+        "bare_samples_per_s": round(bare),
+        "lamina_samples_per_s": round(ours),
+        "ratio": round(ours / bare, 3),
+        "bare_all": [round(x) for x in rates["bare"]],
+        "lamina_all": [round(x) for x in rates["lamina"]],
+    }
     print(json.dumps(result))
     if not a.no_write:
-        rows = [{"loop": "bare PyTorch", "samples/s (median)": round(bare), "runs": result["bare_all"]},
-                {"loop": "lamina Trainer", "samples/s (median)": round(ours), "runs": result["lamina_all"]}]  # fmt: skip
+        rows = [
+            {"loop": "bare PyTorch", "samples/s (median)": round(bare), "runs": result["bare_all"]},
+            {"loop": "lamina Trainer", "samples/s (median)": round(ours), "runs": result["lamina_all"]},
+        ]
         body = table(rows, ["loop", "samples/s (median)", "runs"]) + (
             f"\n\nRatio lamina / bare: **{ours / bare:.3f}** (target >= 0.97). Model {a.model}, {precision.name}, "
             f"{a.batches} batches of {a.batch_size} per measurement, {a.repeats} alternating measurements each.\n"
         )
-        append_section("Engine overhead: lamina's loop against a bare PyTorch loop",
-                       f"python -m benchmarks.engine_overhead --model {a.model} --repeats {a.repeats}", body)  # fmt: skip
+        append_section(
+            "Engine overhead: lamina's loop against a bare PyTorch loop",
+            f"python -m benchmarks.engine_overhead --model {a.model} --repeats {a.repeats}",
+            body,
+        )
 
 
 if __name__ == "__main__":

@@ -51,14 +51,28 @@ def main() -> None:
                 continue
             for clip in (1.0, 0.0):
                 out = str(Path(tmp) / f"{cell}-clip{clip:g}")
-                args = ["train", "lm", "--model", cell, "--time-budget", f"{a.budget:g}", "--set", f"model.hidden={hidden[cell]}",
-                        "--set", f"optim.grad_clip={clip:g}"]  # fmt: skip
+                args = [
+                    "train",
+                    "lm",
+                    "--model",
+                    cell,
+                    "--time-budget",
+                    f"{a.budget:g}",
+                    "--set",
+                    f"model.hidden={hidden[cell]}",
+                    "--set",
+                    f"optim.grad_clip={clip:g}",
+                ]
                 label = f"clip {clip:g}"
                 try:
                     summary = run_lamina([*args, "--out", out, "--json", "--quiet"])
                     loss = summary["metrics"]["val"]["loss"]
                 except RuntimeError:  # a loss that became NaN without clipping is a result too; anything else is not
-                    info = json.loads((Path(out) / "lamina.json").read_text()) if (Path(out) / "lamina.json").is_file() else {}
+                    info = (
+                        json.loads((Path(out) / "lamina.json").read_text())
+                        if (Path(out) / "lamina.json").is_file()
+                        else {}
+                    )
                     if info.get("status") != "diverged":
                         raise
                     loss, label = math.nan, f"clip {clip:g}, diverged (last good checkpoint measured)"
@@ -71,20 +85,25 @@ def main() -> None:
                 rows.append(_row(cell, hidden[cell], label, loss, norms))
                 print(json.dumps(rows[-1]), flush=True)
     plot_gradient_flow(curves, PLOT, "||dL_T/dh_(T-t)||: RNN vs LSTM vs GRU, equal parameters")
+    training = ["train", "lm", "--model", "CELL", "--time-budget", f"{a.budget:g}", "--set", "model.hidden=H"]
+    training += ["--set", "optim.grad_clip=C"]
     body = table(rows, list(rows[0])) + (
-        f"\n\nTraining: `{command_line(['train', 'lm', '--model', 'CELL', '--time-budget', f'{a.budget:g}', '--set', 'model.hidden=H', '--set', 'optim.grad_clip=C'])}`; "
+        f"\n\nTraining: `{command_line(training)}`; "
         f"measurement: `lamina inspect gradients RUN --steps {a.steps} --rows 16`. Plot: "
         "[gradient-flow.png](gradient-flow.png). Norms are means over 16 validation windows; t is the "
-        "distance in characters from the position whose loss is differentiated.\n")  # fmt: skip
+        "distance in characters from the position whose loss is differentiated.\n"
+    )
     print(json.dumps({"benchmark": "gradient_flow", "rows": rows}))
     if not a.no_write:
-        append_section("Gradient flow through time: RNN vs LSTM vs GRU",
-                       f"python -m benchmarks.gradient_flow --budget {a.budget:g} --steps {a.steps}", body)
+        append_section(
+            "Gradient flow through time: RNN vs LSTM vs GRU",
+            f"python -m benchmarks.gradient_flow --budget {a.budget:g} --steps {a.steps}",
+            body,
+        )
 
 
 def _row(cell: str, hidden: int, training: str, loss: float | None, norms: list[float] | None) -> dict:
-    row = {"model": cell, "hidden": hidden, "training": training,
-           "val loss": "" if loss is None else f"{loss:.3f}"}  # fmt: skip
+    row = {"model": cell, "hidden": hidden, "training": training, "val loss": "" if loss is None else f"{loss:.3f}"}
     for t in MARKS:
         row[f"t={t}"] = "" if norms is None or t >= len(norms) else f"{norms[t]:.1e}"
     return row

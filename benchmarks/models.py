@@ -29,8 +29,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models.split(","):
             out = Path(tmp) / name
-            s = run_lamina(["train", "classify", "--data", "fashion-mnist", "--model", name,
-                            "--time-budget", str(a.budget), "--out", str(out), "--json", "--quiet"])  # fmt: skip
+            s = run_lamina(
+                [
+                    "train",
+                    "classify",
+                    "--data",
+                    "fashion-mnist",
+                    "--model",
+                    name,
+                    "--time-budget",
+                    str(a.budget),
+                    "--out",
+                    str(out),
+                    "--json",
+                    "--quiet",
+                ]
+            )
             speeds = [r["samples_per_s"] for r in read_jsonl(out / "metrics.jsonl")]
             row = {
                 "model": name,
@@ -45,9 +59,15 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print(json.dumps({"benchmark": "models", "budget_s": a.budget, "rows": rows}))
     if not a.no_write:
-        body = table(rows, list(rows[0])) + f"\n\nEvery model: `lamina train classify --model NAME --time-budget {a.budget:g}`.\n"
-        append_section(f"Every registered classifier, {a.budget:g} s each",
-                       f"python -m benchmarks.models --budget {a.budget:g}", body)  # fmt: skip
+        body = (
+            table(rows, list(rows[0]))
+            + f"\n\nEvery model: `lamina train classify --model NAME --time-budget {a.budget:g}`.\n"
+        )
+        append_section(
+            f"Every registered classifier, {a.budget:g} s each",
+            f"python -m benchmarks.models --budget {a.budget:g}",
+            body,
+        )
 
 
 if __name__ == "__main__":

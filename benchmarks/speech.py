@@ -49,9 +49,12 @@ def real_time_factor(run: Path, files: list[Path]) -> dict:
         seconds = time.perf_counter() - started
         rtfs.append(seconds / r["audio_seconds"])
         latencies.append(seconds)
-    return {"rtf_median": statistics.median(rtfs), "rtf_p95": sorted(rtfs)[int(0.95 * (len(rtfs) - 1))],
-            "latency_median_s": statistics.median(latencies),
-            "audio_median_s": statistics.median(audio.file_seconds(f) for f in files)}  # fmt: skip
+    return {
+        "rtf_median": statistics.median(rtfs),
+        "rtf_p95": sorted(rtfs)[int(0.95 * (len(rtfs) - 1))],
+        "latency_median_s": statistics.median(latencies),
+        "audio_median_s": statistics.median(audio.file_seconds(f) for f in files),
+    }
 
 
 def main() -> None:
@@ -59,36 +62,61 @@ def main() -> None:
     p.add_argument("--models", default="ctc,las,joint")
     p.add_argument("--budget", type=float, default=1500, help="seconds per training run, evaluation included")
     p.add_argument("--out", default="runs/bench-speech", help="folder of the runs (kept for inspection)")
-    p.add_argument("--extra", default="", help="more train arguments for every model, e.g. '--set data.utterances=5000'")
+    p.add_argument(
+        "--extra", default="", help="more train arguments for every model, e.g. '--set data.utterances=5000'"
+    )
     a = p.parse_args()
     rows, corpus = [], None
     Path(a.out).mkdir(parents=True, exist_ok=True)
     for name in a.models.split(","):
         out = Path(a.out) / name
-        args = ["train", "transcribe", "--model", name, "--time-budget", f"{a.budget:g}", *a.extra.split(),
-                "--out", str(out), "--json", "--quiet"]  # fmt: skip
+        args = [
+            "train",
+            "transcribe",
+            "--model",
+            name,
+            "--time-budget",
+            f"{a.budget:g}",
+            *a.extra.split(),
+            "--out",
+            str(out),
+            "--json",
+            "--quiet",
+        ]
         summary = run_lamina(args, log=Path(a.out) / f"{name}.log")
         evaluated = run_lamina(["evaluate", str(out), "--json"])
         info = json.loads((out / "lamina.json").read_text())
         corpus = info["meta"]["data"]
-        test = [Path(corpus["folder"]) / line.split("\t")[0]
-                for line in (Path(corpus["folder"]) / "test.tsv").read_text().splitlines()[:RTF_FILES]]  # fmt: skip
+        test = [
+            Path(corpus["folder"]) / line.split("\t")[0]
+            for line in (Path(corpus["folder"]) / "test.tsv").read_text().splitlines()[:RTF_FILES]
+        ]
         speed = real_time_factor(out, test)
         m = evaluated["metrics"]
         row = {
-            "model": name, "command": f"`{command_line(args[:-4])}`", "parameters": f"{info['model']['parameters']:,}",
-            "WER clean": f"{m['by_noise']['clean']['wer']:.2%}", "CER clean": f"{m['by_noise']['clean']['cer']:.2%}",
-            "WER 10 dB": f"{m['by_noise']['10 dB']['wer']:.2%}", "CER 10 dB": f"{m['by_noise']['10 dB']['cer']:.2%}",
-            "WER all": f"{m['wer']:.2%}", "CER all": f"{m['cer']:.2%}",
+            "model": name,
+            "command": f"`{command_line(args[:-4])}`",
+            "parameters": f"{info['model']['parameters']:,}",
+            "WER clean": f"{m['by_noise']['clean']['wer']:.2%}",
+            "CER clean": f"{m['by_noise']['clean']['cer']:.2%}",
+            "WER 10 dB": f"{m['by_noise']['10 dB']['wer']:.2%}",
+            "CER 10 dB": f"{m['by_noise']['10 dB']['cer']:.2%}",
+            "WER all": f"{m['wer']:.2%}",
+            "CER all": f"{m['cer']:.2%}",
             **{f"WER new {g}": f"{v['wer']:.2%}" for g, v in m["by_voice"].items()},
-            "epochs": f"{summary['epochs']:.2f}", "train wall s": f"{summary['wall_s']:.0f}",
+            "epochs": f"{summary['epochs']:.2f}",
+            "train wall s": f"{summary['wall_s']:.0f}",
             "val WER <= 10% at s": (lambda t: f"{t:.0f}" if t is not None else "not reached")(time_to_target(out)),
             "RTF median (p95)": f"{speed['rtf_median']:.4f} ({speed['rtf_p95']:.4f})",
             "peak RSS MiB": summary["peak_rss_mib"],
-        }  # fmt: skip
+        }
         rows.append(row)
-        print(json.dumps({"model": name, "metrics": m, "speed": speed, "wall_s": summary["wall_s"],
-                          "epochs": summary["epochs"]}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {"model": name, "metrics": m, "speed": speed, "wall_s": summary["wall_s"], "epochs": summary["epochs"]}
+            ),
+            flush=True,
+        )
     c = json.loads((Path(corpus["folder"]) / "corpus.json").read_text())
     body = (
         f"Corpus: synth-speech {c['key']}, {c['utterances']:,} utterances (train {c['sizes']['train']:,} / val "
@@ -101,9 +129,12 @@ def main() -> None:
         f"'new accent' / 'new variant' / 'new both' split the test voices by what is unseen. RTF: `lamina "
         f"transcribe`'s code path, batch 1, {RTF_FILES} test files, fp32 on the CPU. Targets: WER <= "
         f"{TARGET_WER:.0%} on clean held-out voices, RTF <= {TARGET_RTF}.\n\n"
-    ) + table(rows, list(rows[0]))  # fmt: skip
-    append_section("Speech recognition on synth-speech (ctc, las, joint)",
-                   f"python -m benchmarks.speech --models {a.models} --budget {a.budget:g}", body)  # fmt: skip
+    ) + table(rows, list(rows[0]))
+    append_section(
+        "Speech recognition on synth-speech (ctc, las, joint)",
+        f"python -m benchmarks.speech --models {a.models} --budget {a.budget:g}",
+        body,
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,18 @@ from pathlib import Path
 from benchmarks.common import append_section, command_line, median, run_lamina, table
 
 SOURCE = ["--set", "data.classes=[0,1,2,3,4]"]
-TARGET = ["--set", "data.classes=[5,6,7,8,9]", "--set", "data.per_class=50", "--set", "data.val_fraction=0",
-          "--epochs", "40", "--batch-size", "25"]  # fmt: skip
+TARGET = [
+    "--set",
+    "data.classes=[5,6,7,8,9]",
+    "--set",
+    "data.per_class=50",
+    "--set",
+    "data.val_fraction=0",
+    "--epochs",
+    "40",
+    "--batch-size",
+    "25",
+]
 
 
 def main() -> None:
@@ -35,8 +45,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         source_dir = Path(tmp) / "source"
-        source_args = ["train", "classify", "--data", "fashion-mnist", "--model", a.model, *SOURCE,
-                       "--time-budget", f"{a.source_budget:g}"]  # fmt: skip
+        source_args = [
+            "train",
+            "classify",
+            "--data",
+            "fashion-mnist",
+            "--model",
+            a.model,
+            *SOURCE,
+            "--time-budget",
+            f"{a.source_budget:g}",
+        ]
         source = run_lamina([*source_args, "--out", str(source_dir), "--json", "--quiet"])
         print(json.dumps({"source_test_accuracy": source["metrics"]["test"]["accuracy"]}), flush=True)
         target = ["train", "classify", "--data", "fashion-mnist", *TARGET, "--lr", a.lr]
@@ -50,27 +69,44 @@ def main() -> None:
             accs, walls, rss = [], [], []
             for seed in range(a.repeats):
                 args = [*target, *[str(source_dir) if x == "SOURCE" else x for x in extra], "--seed", str(seed)]
-                s = run_lamina([*args, "--out", str(Path(tmp) / f"{name}-{seed}".replace(" ", "_").replace(",", "")),
-                                "--json", "--quiet"])  # fmt: skip
+                s = run_lamina(
+                    [
+                        *args,
+                        "--out",
+                        str(Path(tmp) / f"{name}-{seed}".replace(" ", "_").replace(",", "")),
+                        "--json",
+                        "--quiet",
+                    ]
+                )
                 accs.append(s["metrics"]["test"]["accuracy"])
                 walls.append(s["wall_s"])
                 rss.append(s["peak_rss_mib"])
                 print(json.dumps({"variant": name, "seed": seed, "test_accuracy": accs[-1]}), flush=True)
-            rows.append({"target run": name, "command": f"`{command_line([*target, *extra])}`",
-                         "test accuracy, classes 5-9 (median)": f"{median(accs):.2%}",
-                         "all seeds": ", ".join(f"{x:.2%}" for x in accs), "wall s": f"{median(walls):.1f}",
-                         "peak RSS MiB": max(rss)})  # fmt: skip
+            rows.append(
+                {
+                    "target run": name,
+                    "command": f"`{command_line([*target, *extra])}`",
+                    "test accuracy, classes 5-9 (median)": f"{median(accs):.2%}",
+                    "all seeds": ", ".join(f"{x:.2%}" for x in accs),
+                    "wall s": f"{median(walls):.1f}",
+                    "peak RSS MiB": max(rss),
+                }
+            )
     body = (
         f"Source run: `{command_line(source_args)}` — test accuracy on classes 0-4: "
-        f"{source['metrics']['test']['accuracy']:.2%} ({source['wall_s']:.0f} s, peak RSS {source['peak_rss_mib']} MiB).\n\n"
+        f"{source['metrics']['test']['accuracy']:.2%} "
+        f"({source['wall_s']:.0f} s, peak RSS {source['peak_rss_mib']} MiB).\n\n"
         + table(rows, list(rows[0]))
         + "\n\nTarget data: 50 labelled training images per class (250 in all), no validation split; "
         "test: the 5,000 test images of classes 5-9.\n"
     )
     print(json.dumps({"benchmark": "transfer", "rows": rows}))
     if not a.no_write:
-        append_section("Transfer: Fashion-MNIST classes 0-4 -> 5-9 with 50 labels per class",
-                       f"python -m benchmarks.transfer --model {a.model} --repeats {a.repeats}", body)  # fmt: skip
+        append_section(
+            "Transfer: Fashion-MNIST classes 0-4 -> 5-9 with 50 labels per class",
+            f"python -m benchmarks.transfer --model {a.model} --repeats {a.repeats}",
+            body,
+        )
 
 
 if __name__ == "__main__":

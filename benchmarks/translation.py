@@ -43,33 +43,54 @@ def train(name: str, args: list[str], tmp: str) -> tuple[dict, dict]:
     info = json.loads((Path(out) / "lamina.json").read_text())
     summary.update(parameters=info["model"]["parameters"], corpus=info["meta"]["data"])
     m = evaluated["metrics"]
-    print(json.dumps({"run": name, "bleu": m["bleu"], "chrf": m["chrf"], "greedy_bleu": summary["metrics"]["test"]["bleu"],
-                      "wall_s": summary["wall_s"], "epochs": summary["epochs"]}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "run": name,
+                "bleu": m["bleu"],
+                "chrf": m["chrf"],
+                "greedy_bleu": summary["metrics"]["test"]["bleu"],
+                "wall_s": summary["wall_s"],
+                "epochs": summary["epochs"],
+            }
+        ),
+        flush=True,
+    )
     return summary, evaluated
 
 
 def matching_hidden(target: int) -> int:
     from lamina.models import count_parameters, get_model
 
-    return min(range(256, 1025, 8), key=lambda h: abs(count_parameters(get_model("translate", "seq2seq", vocab_size=VOCAB,
-                                                                                  hidden=h)) - target))  # fmt: skip
+    return min(
+        range(256, 1025, 8),
+        key=lambda h: abs(count_parameters(get_model("translate", "seq2seq", vocab_size=VOCAB, hidden=h)) - target),
+    )
 
 
 def corpus_line(corpus: dict) -> str:
-    return (f"Corpus: {corpus['name']}, {len(corpus['catalogs'])} catalogs, {corpus['pairs']:,} pairs "
-            f"(train {corpus['train']:,} / val {corpus['val']:,} / test {corpus['test']:,}), "
-            f"SHA-256 {corpus['sha256']}.")  # fmt: skip
+    return (
+        f"Corpus: {corpus['name']}, {len(corpus['catalogs'])} catalogs, {corpus['pairs']:,} pairs "
+        f"(train {corpus['train']:,} / val {corpus['val']:,} / test {corpus['test']:,}), "
+        f"SHA-256 {corpus['sha256']}."
+    )
 
 
 def row_of(name: str, args: list[str], s: dict, e: dict) -> dict:
     m = e["metrics"]
     return {
-        "model": name, "command": f"`{command_line(['train', 'translate', *DATA, *args])}`",
-        "parameters": f"{s['parameters']:,}", "test BLEU (beam 5)": f"{m['bleu']:.2f}", "chrF": f"{m['chrf']:.2f}",
-        "BLEU greedy": f"{s['metrics']['test']['bleu']:.2f}", "val loss": f"{s['metrics']['val']['loss']:.3f}",
+        "model": name,
+        "command": f"`{command_line(['train', 'translate', *DATA, *args])}`",
+        "parameters": f"{s['parameters']:,}",
+        "test BLEU (beam 5)": f"{m['bleu']:.2f}",
+        "chrF": f"{m['chrf']:.2f}",
+        "BLEU greedy": f"{s['metrics']['test']['bleu']:.2f}",
+        "val loss": f"{s['metrics']['val']['loss']:.3f}",
         **{f"BLEU {k} words (n)": f"{v['bleu']:.2f} ({v['n']})" for k, v in m["by_length"].items()},
-        "epochs": f"{s['epochs']:.2f}", "wall s": f"{s['wall_s']:.1f}", "peak RSS MiB": s["peak_rss_mib"],
-    }  # fmt: skip
+        "epochs": f"{s['epochs']:.2f}",
+        "wall s": f"{s['wall_s']:.1f}",
+        "peak RSS MiB": s["peak_rss_mib"],
+    }
 
 
 def compare(a, tmp: str) -> None:
@@ -78,8 +99,10 @@ def compare(a, tmp: str) -> None:
     target = count_parameters(get_model("translate", "attention", vocab_size=VOCAB))
     hidden = matching_hidden(target)
     budget = ["--time-budget", f"{a.budget:g}"]
-    runs = {"seq2seq": ["--model", "seq2seq", *budget, "--set", f"model.hidden={hidden}"],
-            "attention": ["--model", "attention", *budget]}  # fmt: skip
+    runs = {
+        "seq2seq": ["--model", "seq2seq", *budget, "--set", f"model.hidden={hidden}"],
+        "attention": ["--model", "attention", *budget],
+    }
     rows, buckets = [], {}
     for name, args in runs.items():
         s, e = train(name, args, tmp)
@@ -87,16 +110,26 @@ def compare(a, tmp: str) -> None:
         buckets[name] = e["metrics"]["by_length"]
     plot(buckets, PLOT)
     gains = gain_by_length({name: Path(tmp) / name / "translations-test.tsv" for name in runs})
-    body = table(rows, list(rows[0])) + "\n\n" + table(gains, list(gains[0])) + (
-        f"\n\n{corpus_line(s['corpus'])} Test BLEU and chrF: `lamina evaluate RUN --beam 5 --json` (sacrebleu, "
-        "detokenized); 'BLEU greedy' is the figure `lamina train` prints at its end. seq2seq's hidden size is the "
-        f"one whose parameter count is closest to the attention model's. Plot: benchmarks/{PLOT.name}. Second table: "
-        f"BLEU per bucket with the 95% interval of sacrebleu's paired bootstrap ({BOOTSTRAP} resamples of the "
-        "bucket's sentences); p: its p-value for the difference between the two.\n")  # fmt: skip
+    body = (
+        table(rows, list(rows[0]))
+        + "\n\n"
+        + table(gains, list(gains[0]))
+        + (
+            f"\n\n{corpus_line(s['corpus'])} Test BLEU and chrF: `lamina evaluate RUN --beam 5 --json` (sacrebleu, "
+            "detokenized); 'BLEU greedy' is the figure `lamina train` prints at its end. seq2seq's hidden size is the "
+            "one whose parameter count is closest to the attention model's. "
+            f"Plot: benchmarks/{PLOT.name}. Second table: "
+            f"BLEU per bucket with the 95% interval of sacrebleu's paired bootstrap ({BOOTSTRAP} resamples of the "
+            "bucket's sentences); p: its p-value for the difference between the two.\n"
+        )
+    )
     print(json.dumps({"benchmark": "translation-compare", "rows": rows, "gains": gains}))
     if not a.no_write:
-        append_section(f"Translation en->fr: seq2seq vs attention, equal parameters, {a.budget:g} s each",
-                       f"python -m benchmarks.translation --recipes compare --budget {a.budget:g}", body)
+        append_section(
+            f"Translation en->fr: seq2seq vs attention, equal parameters, {a.budget:g} s each",
+            f"python -m benchmarks.translation --recipes compare --budget {a.budget:g}",
+            body,
+        )
 
 
 def gain_by_length(translations: dict[str, Path]) -> list[dict]:
@@ -107,26 +140,46 @@ def gain_by_length(translations: dict[str, Path]) -> list[dict]:
 
     from lamina.metrics import LENGTH_BUCKETS
 
-    tables = {name: [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:]]
-              for name, path in translations.items()}  # fmt: skip
+    tables = {
+        name: [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+        for name, path in translations.items()
+    }
     (base, base_rows), (model, model_rows) = tables.items()
     assert [r[:2] for r in base_rows] == [r[:2] for r in model_rows], "the two runs were scored on different sentences"
     rows = []
     for lo, hi in LENGTH_BUCKETS:
-        chosen = [i for i, r in enumerate(base_rows) if lo <= len(r[0].split()) and (hi is None or len(r[0].split()) <= hi)]
+        chosen = [
+            i for i, r in enumerate(base_rows) if lo <= len(r[0].split()) and (hi is None or len(r[0].split()) <= hi)
+        ]
         name = f"{lo}-{hi}" if hi else f"{lo}+"
         if not chosen:
-            rows.append({"source words": name, "sentences": 0, f"{base} BLEU": "-", f"{model} BLEU": "-", "gain": "-",
-                         "ratio": "-", "p": "-"})  # fmt: skip
+            rows.append(
+                {
+                    "source words": name,
+                    "sentences": 0,
+                    f"{base} BLEU": "-",
+                    f"{model} BLEU": "-",
+                    "gain": "-",
+                    "ratio": "-",
+                    "p": "-",
+                }
+            )
             continue
         refs = [base_rows[i][1] for i in chosen]
         systems = [(base, [base_rows[i][2] for i in chosen]), (model, [model_rows[i][2] for i in chosen])]
         _, scores = PairedTest(systems, {"BLEU": BLEU()}, references=[refs], test_type="bs", n_samples=BOOTSTRAP)()
         b, m = scores["BLEU"]
-        rows.append({"source words": name, "sentences": len(chosen),
-                     f"{base} BLEU": f"{b.score:.2f} ± {b.ci:.2f}", f"{model} BLEU": f"{m.score:.2f} ± {m.ci:.2f}",
-                     "gain": f"{m.score - b.score:+.2f}", "ratio": f"{m.score / max(b.score, 1e-9):.2f}x",
-                     "p": f"{m.p_value:.4f}"})  # fmt: skip
+        rows.append(
+            {
+                "source words": name,
+                "sentences": len(chosen),
+                f"{base} BLEU": f"{b.score:.2f} ± {b.ci:.2f}",
+                f"{model} BLEU": f"{m.score:.2f} ± {m.ci:.2f}",
+                "gain": f"{m.score - b.score:+.2f}",
+                "ratio": f"{m.score / max(b.score, 1e-9):.2f}x",
+                "p": f"{m.p_value:.4f}",
+            }
+        )
     return rows
 
 
@@ -151,7 +204,6 @@ def plot(buckets: dict[str, dict], out: Path) -> None:
 def speed(a) -> None:
     """Beam 1 vs 5 on the test split (median of 3 evaluations each, alternating), and the latency of one
     short sentence at batch 1 (after 5 warm-up translations; 50 timed)."""
-    import torch
 
     import lamina
 
@@ -171,21 +223,31 @@ def speed(a) -> None:
             times.append(1000 * (time.perf_counter() - t0))
         times.sort()
         m = measured[beam][0]["metrics"]
-        rows.append({
-            "beam": beam, "test BLEU": f"{m['bleu']:.2f}", "chrF": f"{m['chrf']:.2f}",
-            "test sentences/s (median of 3)": f"{statistics.median(e['metrics']['sentences_per_s'] for e in measured[beam]):.1f}",
-            f"latency p50 ms ('{SHORT}')": f"{times[len(times) // 2]:.1f}",
-            "latency p95 ms": f"{times[int(0.95 * len(times)) - 1]:.1f}", "output": result["translation"],
-        })  # fmt: skip
+        speeds = [e["metrics"]["sentences_per_s"] for e in measured[beam]]
+        rows.append(
+            {
+                "beam": beam,
+                "test BLEU": f"{m['bleu']:.2f}",
+                "chrF": f"{m['chrf']:.2f}",
+                "test sentences/s (median of 3)": f"{statistics.median(speeds):.1f}",
+                f"latency p50 ms ('{SHORT}')": f"{times[len(times) // 2]:.1f}",
+                "latency p95 ms": f"{times[int(0.95 * len(times)) - 1]:.1f}",
+                "output": result["translation"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     info = run.info
     body = table(rows, list(rows[0])) + (
         f"\n\nRun: {info['model']['name']} ({info['model']['parameters']:,} parameters), trained by the 'best' recipe "
         f"above. Test split: {measured[1][0]['n']:,} sentences, batches of 64 sentences sorted by length, fp32 on "
-        "the CPU; latency: `Run.translate([sentence])`, batch 1, in the same process.\n")  # fmt: skip
+        "the CPU; latency: `Run.translate([sentence])`, batch 1, in the same process.\n"
+    )
     if not a.no_write:
-        append_section("Translation en->fr: beam 1 vs beam 5, speed and latency on the CPU",
-                       f"python -m benchmarks.translation --speed RUN", body)
+        append_section(
+            "Translation en->fr: beam 1 vs beam 5, speed and latency on the CPU",
+            "python -m benchmarks.translation --speed RUN",
+            body,
+        )
 
 
 def main() -> None:
@@ -213,7 +275,9 @@ def main() -> None:
             body = table([row], list(row)) + f"\n\n{corpus_line(s['corpus'])}\n"
             print(json.dumps({"benchmark": "translation", "row": row}))
             if not a.no_write:
-                append_section(f"Translation en->fr: {name} recipe", f"python -m benchmarks.translation --recipes {name}", body)
+                append_section(
+                    f"Translation en->fr: {name} recipe", f"python -m benchmarks.translation --recipes {name}", body
+                )
 
 
 if __name__ == "__main__":

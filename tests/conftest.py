@@ -68,6 +68,15 @@ def trained_run(tmp_path_factory) -> Path:
     data = base / "shapes"
     make_folder(data / "train", per_class=16)
     make_folder(data / "test", per_class=4, seed=1)
-    summary = lamina.train("classify", data=str(data), model="vgg-s", epochs=6, batch_size=8, lr=0.05,
-                           out=str(base / "run"), quiet=True, sets=["data.image_size=16", *CPU])  # fmt: skip
+    summary = lamina.train(
+        "classify",
+        data=str(data),
+        model="vgg-s",
+        epochs=6,
+        batch_size=8,
+        lr=0.05,
+        out=str(base / "run"),
+        quiet=True,
+        sets=["data.image_size=16", *CPU],
+    )
     return Path(summary["run"])

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 import lamina
+from conftest import CLASSES, CPU, make_folder
 from lamina.engine import checkpoint as ckpt
 from lamina.errors import LaminaError
-
-from conftest import CLASSES, CPU, make_folder
 
 
 def test_run_directory_holds_everything_needed(trained_run):
@@ -36,10 +35,10 @@ def test_the_tiny_model_learned_and_reloads_identically(trained_run):
 
 
 def test_predict_images_of_any_size_and_mode(trained_run, tmp_path):
+    import numpy as np
     from PIL import Image
 
     from conftest import pattern
-    import numpy as np
 
     big = Image.fromarray(pattern("columns", (48, 40), np.random.default_rng(5))).convert("RGB")
     big.save(tmp_path / "columns.jpg", quality=95)
@@ -67,8 +66,17 @@ def test_transfer_to_new_labels_with_a_frozen_backbone(trained_run, tmp_path):
         (new / f"{kind}-renamed").mkdir(parents=True)
         for f in sorted((make_folder(tmp_path / "src", per_class=6) / kind).iterdir()):
             f.rename(new / f"{kind}-renamed" / f.name)
-    summary = lamina.train("classify", data=str(new), init=str(trained_run), freeze=True, epochs=2, batch_size=4,
-                           out=str(tmp_path / "transfer"), quiet=True, sets=["data.image_size=16", *CPU])  # fmt: skip
+    summary = lamina.train(
+        "classify",
+        data=str(new),
+        init=str(trained_run),
+        freeze=True,
+        epochs=2,
+        batch_size=4,
+        out=str(tmp_path / "transfer"),
+        quiet=True,
+        sets=["data.image_size=16", *CPU],
+    )
     info = json.loads((tmp_path / "transfer" / "lamina.json").read_text())
     source_info = json.loads((trained_run / "lamina.json").read_text())
     assert info["model"]["name"] == "vgg-s" and info["model"]["args"]["num_classes"] == 2
@@ -85,8 +93,15 @@ def test_init_from_a_backbone_that_does_not_fit(trained_run, tmp_path):
     with pytest.raises(LaminaError, match="does not fit"):
         lamina.train("classify", data=str(data), init=str(trained_run), epochs=1, out=str(tmp_path / "x"), quiet=True)
     with pytest.raises(LaminaError, match="does not fit"):
-        lamina.train("classify", data=str(data), init=str(trained_run), model="resnet8", epochs=1,
-                     out=str(tmp_path / "y"), quiet=True)  # fmt: skip
+        lamina.train(
+            "classify",
+            data=str(data),
+            init=str(trained_run),
+            model="resnet8",
+            epochs=1,
+            out=str(tmp_path / "y"),
+            quiet=True,
+        )
 
 
 def test_train_resume_through_the_api_continues_the_same_run(image_folder, tmp_path, monkeypatch):
@@ -94,8 +109,9 @@ def test_train_resume_through_the_api_continues_the_same_run(image_folder, tmp_p
 
     from lamina.tasks.classify import ClassifyTask
 
-    common = dict(data=str(image_folder), model="vgg-s", epochs=3, batch_size=8, quiet=True,
-                  sets=["data.image_size=16", *CPU])  # fmt: skip
+    common = dict(
+        data=str(image_folder), model="vgg-s", epochs=3, batch_size=8, quiet=True, sets=["data.image_size=16", *CPU]
+    )
     lamina.train("classify", out=str(tmp_path / "full"), **common)
 
     original, calls = ClassifyTask.step, {"n": 0}
@@ -119,9 +135,15 @@ def test_train_resume_through_the_api_continues_the_same_run(image_folder, tmp_p
 
 
 def test_class_subset_and_per_class_limit(image_folder, tmp_path):
-    summary = lamina.train("classify", data=str(image_folder), epochs=1, batch_size=4, quiet=True,
-                           out=str(tmp_path / "sub"), sets=["data.classes=[2, 0]", "data.per_class=5",
-                                                             "data.val_fraction=0", "data.image_size=16"])  # fmt: skip
+    summary = lamina.train(
+        "classify",
+        data=str(image_folder),
+        epochs=1,
+        batch_size=4,
+        quiet=True,
+        out=str(tmp_path / "sub"),
+        sets=["data.classes=[2, 0]", "data.per_class=5", "data.val_fraction=0", "data.image_size=16"],
+    )
     info = json.loads((tmp_path / "sub" / "lamina.json").read_text())
     assert info["meta"]["classes"] == ["dots", "bars"]
     assert info["meta"]["data"]["train"] == 10 and info["meta"]["data"]["val"] == 0
@@ -140,15 +162,17 @@ def test_run_directory_rules(image_folder, tmp_path, trained_run):
     # A run that died before its first checkpoint (only lamina.json) is simply started again.
     dead = tmp_path / "dead"
     dead.mkdir()
-    (dead / "lamina.json").write_text(json.dumps({"task": "classify", "model": {"name": "vgg-s", "args": {}},
-                                                  "status": "training"}))  # fmt: skip
+    (dead / "lamina.json").write_text(
+        json.dumps({"task": "classify", "model": {"name": "vgg-s", "args": {}}, "status": "training"})
+    )
     assert lamina.train("classify", out=str(dead), **common)["status"] == "complete"
 
 
 def test_resume_refuses_changed_data_settings(image_folder, tmp_path):
     out = str(tmp_path / "run")
-    lamina.train("classify", data=str(image_folder), epochs=1, batch_size=8, quiet=True, out=out,
-                 sets=["data.image_size=16"])  # fmt: skip
+    lamina.train(
+        "classify", data=str(image_folder), epochs=1, batch_size=8, quiet=True, out=out, sets=["data.image_size=16"]
+    )
     with pytest.raises(LaminaError, match="cannot change train.batch_size"):
         lamina.train("classify", out=out, resume=True, batch_size=4)
     (image_folder / "bars" / "bars_000.png").unlink()
@@ -169,13 +193,24 @@ def test_a_gpu_fp16_run_loads_on_the_cpu(trained_run, tmp_path):
 
 def test_relative_data_paths_are_saved_absolute(image_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(image_folder.parent)
-    lamina.train("classify", data=image_folder.name, epochs=1, batch_size=8, quiet=True, out=str(tmp_path / "r"),
-                 sets=["data.image_size=16"])  # fmt: skip
+    lamina.train(
+        "classify",
+        data=image_folder.name,
+        epochs=1,
+        batch_size=8,
+        quiet=True,
+        out=str(tmp_path / "r"),
+        sets=["data.image_size=16"],
+    )
     saved = json.loads((tmp_path / "r" / "lamina.json").read_text())["config"]["data"]["name"]
     assert saved == str(image_folder.resolve())
     # Resuming with the same relative path is the same data...
-    assert lamina.train("classify", data=image_folder.name, epochs=2, out=str(tmp_path / "r"), resume=True,
-                        quiet=True)["status"] == "complete"  # fmt: skip
+    assert (
+        lamina.train("classify", data=image_folder.name, epochs=2, out=str(tmp_path / "r"), resume=True, quiet=True)[
+            "status"
+        ]
+        == "complete"
+    )
     # ...and the run finds its data from another working directory.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -102,8 +102,18 @@ def test_predict_reports_bad_files_and_goes_on(capsys, tmp_path, trained_run):
 
     Image.new("L", (30, 30), 128).save(tmp_path / "grey.png")
     (tmp_path / "notes.txt").write_text("hello")
-    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "grey.png", tmp_path / "notes.txt",
-                             tmp_path / "missing.png", "--top-k", "2", "--device", "cpu")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        trained_run,
+        tmp_path / "grey.png",
+        tmp_path / "notes.txt",
+        tmp_path / "missing.png",
+        "--top-k",
+        "2",
+        "--device",
+        "cpu",
+    )
     assert code == 1
     assert "grey.png:" in out and out.count("%") == 2
     assert err.count("lamina: error:") == 2 and "not a readable image" in err and "no such file" in err
@@ -131,8 +141,9 @@ def test_non_finite_loss_is_a_one_line_error(capsys, tmp_path, image_folder, mon
         return out
 
     monkeypatch.setattr(ClassifyTask, "step", poisoned)
-    code, _, err = run_cli(capsys, "train", "classify", "--data", image_folder, "--epochs", "1", "--quiet",
-                           "--out", tmp_path / "nan")  # fmt: skip
+    code, _, err = run_cli(
+        capsys, "train", "classify", "--data", image_folder, "--epochs", "1", "--quiet", "--out", tmp_path / "nan"
+    )
     assert code == 1
     assert_one_line_error(err, "loss became", "training stopped")
     assert json.loads((tmp_path / "nan" / "lamina.json").read_text())["status"] == "diverged"
@@ -171,14 +182,29 @@ def test_unexpected_exceptions_are_one_line_too(capsys, monkeypatch):
     monkeypatch.delenv("LAMINA_DEBUG", raising=False)
     code, _, err = run_cli(capsys, "models")
     assert code == 1
-    assert err.strip() == "lamina: internal error: ZeroDivisionError: division by zero (set LAMINA_DEBUG=1 for the traceback)"
+    assert (
+        err.strip()
+        == "lamina: internal error: ZeroDivisionError: division by zero (set LAMINA_DEBUG=1 for the traceback)"
+    )
 
 
 def test_training_skips_corrupt_files_with_a_warning(capsys, tmp_path, image_folder):
     (image_folder / "bars" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
     (image_folder / "dots" / "README.txt").write_text("not an image")
-    code, out, err = run_cli(capsys, "train", "classify", "--data", image_folder, "--epochs", "1", "--quiet",
-                             "--out", tmp_path / "r", "--set", "data.image_size=16")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "classify",
+        "--data",
+        image_folder,
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "data.image_size=16",
+    )
     assert code == 0 and "run saved in" in out
     assert "lamina: warning: skipped 2 unreadable file(s)" in err and "Traceback" not in err
 
@@ -187,8 +213,9 @@ def test_init_with_a_backbone_that_does_not_fit(capsys, tmp_path, trained_run):
     from conftest import make_folder
 
     colour = make_folder(tmp_path / "colour", per_class=4, colour=True)
-    code, _, err = run_cli(capsys, "train", "classify", "--data", colour, "--init", trained_run, "--out",
-                           tmp_path / "t")  # fmt: skip
+    code, _, err = run_cli(
+        capsys, "train", "classify", "--data", colour, "--init", trained_run, "--out", tmp_path / "t"
+    )
     assert code == 1
     assert_one_line_error(err, "does not fit")
 
@@ -208,8 +235,22 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_continue(capsys, tmp_path
 
     monkeypatch.setattr(ClassifyTask, "step", interrupted)
     out_dir = tmp_path / "cut"
-    code, _, err = run_cli(capsys, "train", "classify", "--data", image_folder, "--epochs", "2", "--quiet",
-                           "--batch-size", "4", "--out", out_dir, "--set", "data.image_size=16")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "classify",
+        "--data",
+        image_folder,
+        "--epochs",
+        "2",
+        "--quiet",
+        "--batch-size",
+        "4",
+        "--out",
+        out_dir,
+        "--set",
+        "data.image_size=16",
+    )
     assert code == 130
     assert f"continue with: lamina train classify --out {out_dir} --resume" in err
     monkeypatch.setattr(ClassifyTask, "step", original)

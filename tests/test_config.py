@@ -9,8 +9,12 @@ DEFAULTS = {"data.name": "fashion-mnist", "model.name": "vgg-s", "optim.lr": 0.2
 def test_layers_apply_in_order(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("optim:\n  lr: 0.05\n  name: adamw\ntrain:\n  epochs: 3\nmodel:\n  name: mlp\n  hidden: [64]\n")
-    cfg = config.resolve(DEFAULTS, config_file=f, flags={"train.epochs": 5, "model.name": None},
-                         sets=["optim.lr=0.01", "model.dropout=0.5"])  # fmt: skip
+    cfg = config.resolve(
+        DEFAULTS,
+        config_file=f,
+        flags={"train.epochs": 5, "model.name": None},
+        sets=["optim.lr=0.01", "model.dropout=0.5"],
+    )
     assert cfg.optim.lr == 0.01  # --set beats flags beats file beats task defaults
     assert cfg.optim.name == "adamw"  # from the file
     assert cfg.train.epochs == 5  # flag beats file
@@ -78,9 +82,20 @@ def test_booleans_and_lists_are_coerced():
 
 @pytest.mark.parametrize(
     "assignment",
-    ["train.epochs=inf", "train.time_budget=nan", "train.time_budget=.inf", "train.label_smoothing=1.5",
-     "data.crop_padding=-1", "optim.momentum=1", "optim.weight_decay=-0.1", "data.image_size=-3",
-     "train.eval_every=-1", "train.early_stop=-2", "data.erase=2", "model.args=foo"],
+    [
+        "train.epochs=inf",
+        "train.time_budget=nan",
+        "train.time_budget=.inf",
+        "train.label_smoothing=1.5",
+        "data.crop_padding=-1",
+        "optim.momentum=1",
+        "optim.weight_decay=-0.1",
+        "data.image_size=-3",
+        "train.eval_every=-1",
+        "train.early_stop=-2",
+        "data.erase=2",
+        "model.args=foo",
+    ],
 )
 def test_out_of_range_values_are_refused(assignment):
     with pytest.raises(UsageError) as info:

@@ -5,11 +5,10 @@ import struct
 import pytest
 import torch
 
+from conftest import CLASSES, make_folder
 from lamina.data import images as img
 from lamina.data.sources import FASHION_MNIST, FileSet
 from lamina.errors import LaminaError
-
-from conftest import CLASSES, make_folder
 
 
 def idx_bytes(array: torch.Tensor) -> bytes:
@@ -85,8 +84,9 @@ def test_class_selection_and_per_class_limit():
 
 def test_training_batches_are_shuffled_augmented_and_reproducible():
     data = toy_set(n_per_class=30)
-    stream = img.ImageBatches(data, 16, [0.5], [0.25], torch.device("cpu"), train=True, seed=3, flip=True,
-                              crop_padding=2)  # fmt: skip
+    stream = img.ImageBatches(
+        data, 16, [0.5], [0.25], torch.device("cpu"), train=True, seed=3, flip=True, crop_padding=2
+    )
     assert len(stream) == 90 // 16  # ragged last batch dropped in training
     first = list(stream.epoch(0))
     again = list(stream.epoch(0))

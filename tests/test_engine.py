@@ -47,8 +47,15 @@ def test_overfits_one_small_batch(tmp_path):
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 4, (16,))
     model = get_model("classify", "vgg-s", in_channels=1, num_classes=4, image_size=16)
-    cfg = make_cfg(**{"train.epochs": 60, "optim.name": "adamw", "optim.lr": 0.01, "optim.weight_decay": 0,
-                      "optim.schedule": "constant"})  # fmt: skip
+    cfg = make_cfg(
+        **{
+            "train.epochs": 60,
+            "optim.name": "adamw",
+            "optim.lr": 0.01,
+            "optim.weight_decay": 0,
+            "optim.schedule": "constant",
+        }
+    )
     task = ClassifyTask(cfg, torch.device("cpu"), Precision(None, torch.device("cpu")))
     trainer = Trainer(model, task.step, FixedBatches([(x, y)]), None, cfg, tmp_path, task.precision)
     result = trainer.fit()
@@ -123,7 +130,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, cut_at):
     cut_log = ckpt.read_jsonl(tmp_path / "cut" / ckpt.METRICS_FILE)
     timing = ("time", "samples_per_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in full_log] == [
-        {k: v for k, v in r.items() if k not in timing} for r in cut_log]
+        {k: v for k, v in r.items() if k not in timing} for r in cut_log
+    ]
 
 
 def test_keeps_the_best_weights_and_stops_early(tmp_path):
@@ -137,8 +145,16 @@ def test_keeps_the_best_weights_and_stops_early(tmp_path):
         snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
         return {"accuracy": next(scores)}
 
-    trainer = Trainer(model, classify_step, data, evaluate, cfg, tmp_path, Precision(None, torch.device("cpu")),
-                      monitor=("accuracy", "max"))  # fmt: skip
+    trainer = Trainer(
+        model,
+        classify_step,
+        data,
+        evaluate,
+        cfg,
+        tmp_path,
+        Precision(None, torch.device("cpu")),
+        monitor=("accuracy", "max"),
+    )
     result = trainer.fit()
     assert result.status == "early-stop" and len(snapshots) == 4
     assert result.best_metrics == {"val_accuracy": 0.9}
@@ -158,8 +174,9 @@ def test_time_budget_stops_training_cleanly(tmp_path):
 
     cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 3})
     started = time.monotonic()
-    result = Trainer(_model(), slow_step, data, _val(data), cfg, tmp_path, Precision(None, torch.device("cpu")),
-                     started=started).fit()  # fmt: skip
+    result = Trainer(
+        _model(), slow_step, data, _val(data), cfg, tmp_path, Precision(None, torch.device("cpu")), started=started
+    ).fit()
     assert result.status == "time-budget"
     assert time.monotonic() - started < 3 + 1.0  # the budget holds, with slack for a loaded machine
     assert 3 <= result.state.step <= 60
@@ -195,8 +212,16 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     def step(m, batch):
         return StepOutput(F.mse_loss(m(batch[0]), batch[1]), 2)
 
-    cfg = make_cfg(**{"train.epochs": 1, "optim.grad_clip": 0.5, "optim.momentum": 0, "optim.lr": 1.0,
-                      "optim.weight_decay": 0, "optim.schedule": "constant"})  # fmt: skip
+    cfg = make_cfg(
+        **{
+            "train.epochs": 1,
+            "optim.grad_clip": 0.5,
+            "optim.momentum": 0,
+            "optim.lr": 1.0,
+            "optim.weight_decay": 0,
+            "optim.schedule": "constant",
+        }
+    )
     Trainer(model, step, FixedBatches([(x, y)]), None, cfg, tmp_path, Precision(None, torch.device("cpu"))).fit()
     assert (model.weight.detach() - before).norm().item() == pytest.approx(0.5, rel=1e-4)
 
@@ -218,8 +243,9 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 def test_bf16_autocast_step_runs_on_cpu(tmp_path):
     data = _tiny_problem()
     cfg = make_cfg(**{"train.epochs": 1, "train.amp": "bf16"})
-    result = Trainer(_model(), classify_step, data, None, cfg, tmp_path,
-                     Precision(torch.bfloat16, torch.device("cpu"))).fit()  # fmt: skip
+    result = Trainer(
+        _model(), classify_step, data, None, cfg, tmp_path, Precision(torch.bfloat16, torch.device("cpu"))
+    ).fit()
     assert result.precision == "bf16" and math.isfinite(result.history[-1]["train_loss"])
 
 
@@ -229,8 +255,16 @@ def test_a_budget_spent_before_the_first_step_is_an_error(tmp_path):
     from lamina.errors import LaminaError
 
     cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 5})
-    trainer = Trainer(_model(), classify_step, _tiny_problem(), None, cfg, tmp_path, Precision(None, torch.device("cpu")),
-                      started=time.monotonic() - 10)  # as if data loading had taken 10 s
+    trainer = Trainer(
+        _model(),
+        classify_step,
+        _tiny_problem(),
+        None,
+        cfg,
+        tmp_path,
+        Precision(None, torch.device("cpu")),
+        started=time.monotonic() - 10,
+    )  # as if data loading had taken 10 s
     with pytest.raises(LaminaError, match="ran out before the first training step"):
         trainer.fit()
 
@@ -239,8 +273,16 @@ def test_without_validation_the_latest_weights_are_kept_and_nothing_stops_early(
     data = _tiny_problem()
     cfg = make_cfg(**{"train.epochs": 4, "train.early_stop": 1})
     model = _model()
-    result = Trainer(model, classify_step, data, None, cfg, tmp_path, Precision(None, torch.device("cpu")),
-                     monitor=("accuracy", "max")).fit()  # fmt: skip
+    result = Trainer(
+        model,
+        classify_step,
+        data,
+        None,
+        cfg,
+        tmp_path,
+        Precision(None, torch.device("cpu")),
+        monitor=("accuracy", "max"),
+    ).fit()
     assert result.status == "complete" and result.state.best is None and result.best_metrics is None
     saved = ckpt.load_weights(tmp_path / ckpt.WEIGHTS_FILE)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
@@ -256,8 +298,17 @@ def test_a_slow_final_evaluation_still_leaves_half_the_budget_to_training(tmp_pa
     cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 2})
     started = time.monotonic()
     # As if the caller had a test set that takes far longer than the budget to evaluate.
-    result = Trainer(_model(), slow_step, _tiny_problem(), None, cfg, tmp_path, Precision(None, torch.device("cpu")),
-                     started=started, reserve_passes=10**9).fit()  # fmt: skip
+    result = Trainer(
+        _model(),
+        slow_step,
+        _tiny_problem(),
+        None,
+        cfg,
+        tmp_path,
+        Precision(None, torch.device("cpu")),
+        started=started,
+        reserve_passes=10**9,
+    ).fit()
     assert result.status == "time-budget"
     assert result.state.step >= 15  # about 1 s of 20 ms steps, not a single step
     assert time.monotonic() - started < 2 + 0.5

@@ -10,18 +10,16 @@ import pytest
 import torch
 
 import lamina
+from conftest import CPU, REAL_LAMINA_HOME
 from lamina.data import sources, text
 from lamina.engine import checkpoint as ckpt
 from lamina.errors import LaminaError, UsageError
 from lamina.models import get_model, list_models
 from lamina.viz.gradient_flow import gradient_flow
-
-from conftest import CPU, REAL_LAMINA_HOME
 from test_cli import assert_one_line_error, run_cli
 
 LMS = [spec.name for spec in list_models("lm")]
-VERSE = ("the cat sat on the mat.\nthe dog sat on the log.\nthe cat saw the dog.\n"
-         "a bird sang on a branch.\n")  # fmt: skip
+VERSE = "the cat sat on the mat.\nthe dog sat on the log.\nthe cat saw the dog.\na bird sang on a branch.\n"
 TINY = ["model.hidden=32", "model.embed=16", "data.seq_len=16", *CPU]
 
 
@@ -37,8 +35,17 @@ def lm_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("lm")
     path = base / "verse.txt"
     path.write_text(VERSE * 40)
-    summary = lamina.train("lm", data=str(path), model="lstm", epochs=12, batch_size=8, lr=1e-2, quiet=True,
-                           out=str(base / "run"), sets=TINY)  # fmt: skip
+    summary = lamina.train(
+        "lm",
+        data=str(path),
+        model="lstm",
+        epochs=12,
+        batch_size=8,
+        lr=1e-2,
+        quiet=True,
+        out=str(base / "run"),
+        sets=TINY,
+    )
     return summary
 
 
@@ -228,11 +235,37 @@ def test_gradient_reaches_further_back_in_an_lstm_than_in_a_plain_rnn():
 
 def test_cli_generate_evaluate_predict_inspect(capsys, lm_run, tmp_path):
     run_dir = lm_run["run"]
-    code, out, _ = run_cli(capsys, "generate", run_dir, "--prompt", "the ", "--length", "30", "--seed", "1",
-                           "--temperature", "0.8", "--top-k", "5")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        run_dir,
+        "--prompt",
+        "the ",
+        "--length",
+        "30",
+        "--seed",
+        "1",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "5",
+    )
     assert code == 0 and out.startswith("the ") and out.endswith("\n") and len(out) == 35
-    code, again, _ = run_cli(capsys, "generate", run_dir, "--prompt", "the ", "--length", "30", "--seed", "1",
-                             "--temperature", "0.8", "--top-k", "5")  # fmt: skip
+    code, again, _ = run_cli(
+        capsys,
+        "generate",
+        run_dir,
+        "--prompt",
+        "the ",
+        "--length",
+        "30",
+        "--seed",
+        "1",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "5",
+    )
     assert again == out
     code, out, _ = run_cli(capsys, "generate", run_dir, "--length", "10", "--json")
     result = json.loads(out)
@@ -303,7 +336,8 @@ def test_generate_checks_its_arguments_before_any_text(lm_run):
 def test_a_short_text_trains_with_fewer_rows(tmp_path, capsys):
     path = tmp_path / "short.txt"
     path.write_text(VERSE * 3)  # 90% of it is room for 14 streams of 16 characters
-    summary = lamina.train("lm", data=str(path), epochs=1, batch_size=64, out=str(tmp_path / "r"), quiet=True,
-                           sets=TINY)  # fmt: skip
+    summary = lamina.train(
+        "lm", data=str(path), epochs=1, batch_size=64, out=str(tmp_path / "r"), quiet=True, sets=TINY
+    )
     assert summary["status"] == "complete"
     assert "training with 14 rows per batch instead of 64" in capsys.readouterr().err

@@ -11,19 +11,29 @@ import pytest
 import torch
 
 import lamina
+from conftest import CPU
 from lamina.data import audio, speech
 from lamina.errors import LaminaError
 from lamina.models import get_model, list_models
 from lamina.models.speech import BLANK, Listener, ctc_beam, ctc_greedy
-
-from conftest import CPU
 from test_cli import assert_one_line_error, run_cli
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 TINY = ["model.hidden=32", *CPU]
-SENTENCES = ["open the file now", "close the door please", "the cat sees the dog", "save my work today",
-             "the red dog eats bread", "play the music loud", "my big cat is small", "read the long book",
-             "stop the red car", "see you in three days", "dogs eat bread", "the file is open"]  # fmt: skip
+SENTENCES = [
+    "open the file now",
+    "close the door please",
+    "the cat sees the dog",
+    "save my work today",
+    "the red dog eats bread",
+    "play the music loud",
+    "my big cat is small",
+    "read the long book",
+    "stop the red car",
+    "see you in three days",
+    "dogs eat bread",
+    "the file is open",
+]
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
@@ -114,16 +124,21 @@ def test_bad_audio_files_give_one_line_errors(tmp_path):
     (tmp_path / "text.wav").write_text("not audio at all\n" * 10)
     good = write_wav(tmp_path / "good.wav", tone(440, 0.5), 16000)
     (tmp_path / "truncated.wav").write_bytes(good.read_bytes()[:30])
-    for name, says in (("missing.wav", "no such file"), ("empty.wav", "empty file"), ("text.wav", "not a readable"),
-                       ("truncated.wav", "truncated.wav")):  # fmt: skip
+    for name, says in (
+        ("missing.wav", "no such file"),
+        ("empty.wav", "empty file"),
+        ("text.wav", "not a readable"),
+        ("truncated.wav", "truncated.wav"),
+    ):
         with pytest.raises(LaminaError, match=says) as info:
             audio.read_audio(tmp_path / name)
         assert "\n" not in str(info.value)
 
 
 def test_long_recordings_are_cut_at_quiet_moments():
-    speechy = np.concatenate([tone(300, 3.0), np.zeros(1600, np.float32), tone(500, 3.0), np.zeros(800, np.float32),
-                              tone(700, 3.0)])  # fmt: skip
+    speechy = np.concatenate(
+        [tone(300, 3.0), np.zeros(1600, np.float32), tone(500, 3.0), np.zeros(800, np.float32), tone(700, 3.0)]
+    )
     pieces = audio.split_quiet(speechy, 4.0)
     assert len(pieces) == 3 and sum(len(p) for p in pieces) == len(speechy)
     assert all(len(p) <= 4.0 * audio.SAMPLE_RATE for p in pieces)
@@ -238,8 +253,14 @@ def test_ctc_beam_search_sums_the_alignments_of_one_text():
 # ----- synthesized corpus and end to end ----------------------------------------------------------------
 @needs_espeak
 def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
-    root = speech.build(40, seed=3, root=tmp_path / "corpus", sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
-                        workers=1, quiet=True)  # fmt: skip
+    root = speech.build(
+        40,
+        seed=3,
+        root=tmp_path / "corpus",
+        sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
+        workers=1,
+        quiet=True,
+    )
     rows = [json.loads(line) for line in (root / "utterances.jsonl").read_text().splitlines()]
     by_split = {s: [r for r in rows if r["split"] == s] for s in speech.SPLITS}
     assert {s: len(v) for s, v in by_split.items()} == speech.default_sizes(40)
@@ -250,15 +271,34 @@ def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
     assert {r["snr"] for r in by_split["test"]} == set(speech.EVAL_SNRS)
     x = audio.read_audio(root / by_split["train"][0]["path"])
     assert 0.5 < audio.seconds(x) < 15 and not audio.is_silent(x)
-    again = speech.build(40, seed=3, root=tmp_path / "again", sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
-                         workers=2, quiet=True)  # fmt: skip
+    again = speech.build(
+        40,
+        seed=3,
+        root=tmp_path / "again",
+        sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
+        workers=2,
+        quiet=True,
+    )
     first = root / by_split["test"][5]["path"]
-    assert np.array_equal(audio.read_audio(first), audio.read_audio(again / by_split["test"][5]["path"]))  # deterministic
+    assert np.array_equal(
+        audio.read_audio(first), audio.read_audio(again / by_split["test"][5]["path"])
+    )  # deterministic
     whole = json.loads((again / "corpus.json").read_text())
     (again / "corpus.json").unlink()  # as if interrupted before the end: the build resumes
     (again / by_split["test"][5]["path"]).unlink()
-    resumed = json.loads((speech.build(40, seed=3, root=again, sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
-                                       workers=1, quiet=True) / "corpus.json").read_text())  # fmt: skip
+    resumed = json.loads(
+        (
+            speech.build(
+                40,
+                seed=3,
+                root=again,
+                sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
+                workers=1,
+                quiet=True,
+            )
+            / "corpus.json"
+        ).read_text()
+    )
     assert resumed["generated"] == 1 and resumed["audio_hours"] == pytest.approx(whole["audio_hours"], abs=1e-3)
     assert resumed["bytes"] == pytest.approx(whole["bytes"], rel=0.01)
 
@@ -279,14 +319,17 @@ def speech_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("speech")
     root = speech.build(48, seed=0, root=base / "corpus", sentences=SENTENCES, workers=2, quiet=True)
     out = base / "run"
-    summary = lamina.train("transcribe", data=str(root), model="las", epochs=2, batch_size=8,
-                           out=str(out), quiet=True, sets=TINY)  # fmt: skip
+    summary = lamina.train(
+        "transcribe", data=str(root), model="las", epochs=2, batch_size=8, out=str(out), quiet=True, sets=TINY
+    )
     return summary, root
 
 
 def test_train_save_load_transcribe_end_to_end(speech_run, tmp_path):
     summary, root = speech_run
-    assert summary["status"] == "complete" and "wer" in summary["metrics"]["val"] and "cer" in summary["metrics"]["test"]
+    assert (
+        summary["status"] == "complete" and "wer" in summary["metrics"]["val"] and "cer" in summary["metrics"]["test"]
+    )
     run = lamina.load(summary["run"])
     files = sorted((root / "audio" / "test").glob("*.flac"))[:3]
     first = run.transcribe(files)
@@ -294,7 +337,11 @@ def test_train_save_load_transcribe_end_to_end(speech_run, tmp_path):
     assert [r["transcript"] for r in first] == [r["transcript"] for r in again]  # reloaded: same outputs
     assert all(set(r["transcript"]) <= set(audio.CHARS) and r["real_time_factor"] > 0 for r in first)
     result = run.evaluate(data=str(root / "test.tsv"))
-    assert result["split"] == "all" and 0 <= result["metrics"]["cer"] and result["n"] == len(speech.read_manifest(root / "test.tsv"))
+    assert (
+        result["split"] == "all"
+        and 0 <= result["metrics"]["cer"]
+        and result["n"] == len(speech.read_manifest(root / "test.tsv"))
+    )
     assert Path(result["files"][0]).is_file()
 
 
@@ -303,8 +350,17 @@ def test_transcribe_cli_goes_past_bad_files(speech_run, tmp_path, capsys):
     good = sorted((root / "audio" / "test").glob("*.flac"))[0]
     (tmp_path / "bad.wav").write_text("no audio here")
     silent = write_wav(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)
-    code, out, err = run_cli(capsys, "transcribe", summary["run"], str(good), str(tmp_path / "bad.wav"), str(silent),
-                             "--json", "--show-attention", str(tmp_path / "att.png"))  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "transcribe",
+        summary["run"],
+        str(good),
+        str(tmp_path / "bad.wav"),
+        str(silent),
+        "--json",
+        "--show-attention",
+        str(tmp_path / "att.png"),
+    )
     assert code == 1
     result = json.loads(out)
     assert [("error" in r) for r in result["transcripts"]] == [False, True, False]

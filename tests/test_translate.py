@@ -11,16 +11,25 @@ import pytest
 import torch
 
 import lamina
+from conftest import CPU
 from lamina.data import parallel
 from lamina.engine import checkpoint as ckpt
 from lamina.errors import LaminaError, UsageError
 from lamina.models import decoding, get_model, list_models
-
-from conftest import CPU
 from test_cli import assert_one_line_error, run_cli
 
-WORDS = {"the": "le", "cat": "chat", "dog": "chien", "big": "grand", "small": "petit", "red": "rouge",
-         "eats": "mange", "sees": "voit", "file": "fichier", "open": "ouvre"}  # fmt: skip
+WORDS = {
+    "the": "le",
+    "cat": "chat",
+    "dog": "chien",
+    "big": "grand",
+    "small": "petit",
+    "red": "rouge",
+    "eats": "mange",
+    "sees": "voit",
+    "file": "fichier",
+    "open": "ouvre",
+}
 TINY = ["model.hidden=32", "model.embed=16", "data.vocab_size=300", *CPU]
 
 
@@ -49,8 +58,17 @@ def toy_tsv(tmp_path_factory) -> Path:
 def nmt_run(toy_tsv, tmp_path_factory):
     """A small attention model trained until it translates the toy language."""
     out = tmp_path_factory.mktemp("nmt") / "run"
-    return lamina.train("translate", data=str(toy_tsv), model="attention", epochs=40, lr=5e-3, batch_size=32,
-                        out=str(out), quiet=True, sets=[*TINY, "model.hidden=64", "model.embed=32"])  # fmt: skip
+    return lamina.train(
+        "translate",
+        data=str(toy_tsv),
+        model="attention",
+        epochs=40,
+        lr=5e-3,
+        batch_size=32,
+        out=str(out),
+        quiet=True,
+        sets=[*TINY, "model.hidden=64", "model.embed=32"],
+    )
 
 
 # ----- gettext catalogs and cleaning ------------------------------------------------------------------
@@ -68,7 +86,7 @@ def write_mo(path: Path, messages: dict[str, str]) -> Path:
     return path
 
 
-PO = r'''
+PO = r"""
 msgid ""
 msgstr "Content-Type: text/plain; charset=UTF-8\n"
 
@@ -96,16 +114,23 @@ msgstr ""
 
 msgid "Copy %s to %s"
 msgstr "Copier %s"
-'''
+"""
 
 
 def test_gettext_reader_on_po_and_mo_fixtures(tmp_path):
     catalogs = tmp_path / "catalogs"
     catalogs.mkdir()
     (catalogs / "app.po").write_text(PO, encoding="utf-8")
-    write_mo(catalogs / "tool.mo", {"": "Content-Type: text/plain; charset=UTF-8\n", "&Quit the program": "&Quitter le programme",
-                                    "Print %2$s then %1$s": "Imprimer %1$s puis %2$s", "The file": "Le fichier",
-                                    "Save as": "Enregistrer sous"})  # fmt: skip
+    write_mo(
+        catalogs / "tool.mo",
+        {
+            "": "Content-Type: text/plain; charset=UTF-8\n",
+            "&Quit the program": "&Quitter le programme",
+            "Print %2$s then %1$s": "Imprimer %1$s puis %2$s",
+            "The file": "Le fichier",
+            "Save as": "Enregistrer sous",
+        },
+    )
     write_mo(catalogs / "other.mo", {"The file": "Le fichier", "Save as": "Sauver sous"})
     corpus = parallel.load_parallel("gettext", catalogs=str(catalogs))
     pairs = dict(corpus.train + corpus.val + corpus.test)
@@ -123,23 +148,26 @@ def test_gettext_reader_on_po_and_mo_fixtures(tmp_path):
     assert source["pairs"] == len(pairs) == 6 and len(source["sha256"]) == 64
 
 
-@pytest.mark.parametrize("source, target, expected", [
-    ("_File", "_Fichier", ("File", "Fichier")),
-    ("Op_en", "_Ouvrir", ("Open", "Ouvrir")),
-    ("&Save", "&Enregistrer", ("Save", "Enregistrer")),
-    ("Open", "開く(_O)", ("Open", "開く")),
-    ("file_name is %s", "file_name vaut %s", ("file_name is %s", "file_name vaut %s")),  # an identifier, not a key
-    ("Q&A and R&D", "Q&R et R&D", ("Q&A and R&D", "Q&R et R&D")),
-    ("Read the Q&A", "Lire les Q&R", ("Read the Q&A", "Lire les Q&R")),  # an abbreviation, not a key
-    ("E&xit", "&Quitter", ("Exit", "Quitter")),
-    ("50 % done", "50 % de fait", ("50 % done", "50 % de fait")),  # a percentage, not printf's '% d'
-    ("Sa_ve", "En_registrer", ("Save", "Enregistrer")),
-    ("Disk  full\u00a0:", "Disque\u00a0plein :", ("Disk full :", "Disque plein :")),
-    ("Line one\nline two", "Ligne un\nligne deux", "multi-line"),
-    ("%s: %s", "%s : %s", "no words"),
-    ("Open %s", "Ouvrir", "placeholders differ"),
-    ("  ", "x", "empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "source, target, expected",
+    [
+        ("_File", "_Fichier", ("File", "Fichier")),
+        ("Op_en", "_Ouvrir", ("Open", "Ouvrir")),
+        ("&Save", "&Enregistrer", ("Save", "Enregistrer")),
+        ("Open", "開く(_O)", ("Open", "開く")),
+        ("file_name is %s", "file_name vaut %s", ("file_name is %s", "file_name vaut %s")),  # an identifier, not a key
+        ("Q&A and R&D", "Q&R et R&D", ("Q&A and R&D", "Q&R et R&D")),
+        ("Read the Q&A", "Lire les Q&R", ("Read the Q&A", "Lire les Q&R")),  # an abbreviation, not a key
+        ("E&xit", "&Quitter", ("Exit", "Quitter")),
+        ("50 % done", "50 % de fait", ("50 % done", "50 % de fait")),  # a percentage, not printf's '% d'
+        ("Sa_ve", "En_registrer", ("Save", "Enregistrer")),
+        ("Disk  full\u00a0:", "Disque\u00a0plein :", ("Disk full :", "Disque plein :")),
+        ("Line one\nline two", "Ligne un\nligne deux", "multi-line"),
+        ("%s: %s", "%s : %s", "no words"),
+        ("Open %s", "Ouvrir", "placeholders differ"),
+        ("  ", "x", "empty"),
+    ],
+)
 def test_cleaning_as_a_translator_would(source, target, expected):
     assert parallel.clean_pair(source, target) == expected
 
@@ -178,8 +206,11 @@ def test_hash_split_never_puts_a_sentence_in_two_splits():
 
 
 def test_tsv_reader_skips_malformed_lines_with_their_numbers(tmp_path, capsys):
-    path = write_tsv(tmp_path / "p.tsv", [("Hello", "Bonjour"), ("Thanks", "Merci")],
-                     ["no tab here", "1\tGood night\t2\tBonne nuit", "a\tb\tc\td\te", "\tempty source"])  # fmt: skip
+    path = write_tsv(
+        tmp_path / "p.tsv",
+        [("Hello", "Bonjour"), ("Thanks", "Merci")],
+        ["no tab here", "1\tGood night\t2\tBonne nuit", "a\tb\tc\td\te", "\tempty source"],
+    )
     pairs = parallel.read_tsv(path)
     assert pairs == [("Hello", "Bonjour"), ("Thanks", "Merci"), ("Good night", "Bonne nuit")]  # Tatoeba's id format too
     err = capsys.readouterr().err
@@ -214,8 +245,13 @@ def test_length_bucketed_batches_are_reproducible_and_cover_every_pair():
 
 
 # ----- models and search ------------------------------------------------------------------------------
-MODELS = [("seq2seq", {}), ("seq2seq", {"reverse_source": True, "cell": "gru"}), ("attention", {}),
-          ("attention", {"attention": "dot", "layers": 2}), ("attention", {"attention": "general", "cell": "gru"})]  # fmt: skip
+MODELS = [
+    ("seq2seq", {}),
+    ("seq2seq", {"reverse_source": True, "cell": "gru"}),
+    ("attention", {}),
+    ("attention", {"attention": "dot", "layers": 2}),
+    ("attention", {"attention": "general", "cell": "gru"}),
+]
 
 
 def tiny_model(name, **kwargs):
@@ -372,7 +408,9 @@ def test_evaluation_batches_bound_the_attention_tensor():
         assert sorted(i for rows in batches for i in rows) == list(range(73))
         for rows in batches:
             width = max(len(sources[i]) for i in rows) + 1
-            assert len(rows) <= 64 and (len(rows) * beam * width * max_output_tokens(width) <= DECODE_CELLS or len(rows) == 1)
+            assert len(rows) <= 64 and (
+                len(rows) * beam * width * max_output_tokens(width) <= DECODE_CELLS or len(rows) == 1
+            )
     assert [len(rows) for rows in decode_batches(sources, 5)] == [64, 6, 1, 1, 1]
 
 
@@ -417,16 +455,33 @@ def test_attention_map_is_drawn(nmt_run, capsys, tmp_path):
         results = run.translate(["the cat", "the small red dog sees"], beam=beam, attention=True)
         for result in results:
             weights = torch.tensor(result["attention"])
-            assert result["target_pieces"][-1] == "</s>" and len(result["source_pieces"]) == len(run.task.tokenizer.encode(
-                [result["source"]])[0]) + 1  # fmt: skip
+            assert (
+                result["target_pieces"][-1] == "</s>"
+                and len(result["source_pieces"]) == len(run.task.tokenizer.encode([result["source"]])[0]) + 1
+            )
             assert weights.shape == (len(result["target_pieces"]), len(result["source_pieces"]))
             assert torch.allclose(weights.sum(1), torch.ones(len(weights)), atol=1e-4)
 
 
 def test_seq2seq_trains_and_has_no_attention_to_draw(toy_tsv, capsys, tmp_path):
     out = tmp_path / "s2s"
-    code, _, _ = run_cli(capsys, "train", "translate", "--data", toy_tsv, "--model", "seq2seq", "--epochs", "1",
-                         "--out", out, "--quiet", *[a for s in TINY for a in ("--set", s)], "--set", "model.reverse_source=true")  # fmt: skip
+    code, _, _ = run_cli(
+        capsys,
+        "train",
+        "translate",
+        "--data",
+        toy_tsv,
+        "--model",
+        "seq2seq",
+        "--epochs",
+        "1",
+        "--out",
+        out,
+        "--quiet",
+        *[a for s in TINY for a in ("--set", s)],
+        "--set",
+        "model.reverse_source=true",
+    )
     assert code == 0
     code, _, err = run_cli(capsys, "translate", out, "the cat", "--show-attention", tmp_path / "a.png")
     assert code == 1
@@ -449,8 +504,21 @@ def test_translate_errors(nmt_run, trained_run, capsys):
 
 def test_luong_attention_by_a_bare_setting_and_misspelt_options_before_any_data(toy_tsv, capsys, tmp_path):
     out = tmp_path / "dot"
-    code, _, _ = run_cli(capsys, "train", "translate", "--data", toy_tsv, "--epochs", "1", "--out", out, "--quiet",
-                         *[a for s in TINY for a in ("--set", s)], "--set", "attention=dot")  # fmt: skip
+    code, _, _ = run_cli(
+        capsys,
+        "train",
+        "translate",
+        "--data",
+        toy_tsv,
+        "--epochs",
+        "1",
+        "--out",
+        out,
+        "--quiet",
+        *[a for s in TINY for a in ("--set", s)],
+        "--set",
+        "attention=dot",
+    )
     assert code == 0 and json.loads((out / "lamina.json").read_text())["model"]["args"]["attention"] == "dot"
     code, _, err = run_cli(capsys, "train", "translate", "--data", tmp_path / "missing.tsv", "--set", "atention=dot")
     assert code == 2

@@ -1,7 +1,7 @@
 """lamina: train, evaluate, inspect and use deep networks for vision and language.
 
-    import lamina
-    lamina.train("classify", data="fashion-mnist", time_budget=75)
+import lamina
+lamina.train("classify", data="fashion-mnist", time_budget=75)
 """
 
 __version__ = "0.1.0"

@@ -1,10 +1,10 @@
 """The Python API: what the CLI (and later the server) call.
 
-    import lamina
-    result = lamina.train("classify", data="fashion-mnist", epochs=3, out="runs/fmnist")
-    run = lamina.load("runs/fmnist")
-    run.evaluate(split="test")["metrics"]["accuracy"]
-    run.predict(["shoe.png"], top_k=3)
+import lamina
+result = lamina.train("classify", data="fashion-mnist", epochs=3, out="runs/fmnist")
+run = lamina.load("runs/fmnist")
+run.evaluate(split="test")["metrics"]["accuracy"]
+run.predict(["shoe.png"], top_k=3)
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import inspect
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from lamina.engine import checkpoint as ckpt
 from lamina.engine.device import Precision, resolve_amp, resolve_device
 from lamina.engine.loop import NonFiniteLoss, Trainer
 from lamina.errors import LaminaError, UsageError
-from lamina.models.registry import check_options, count_parameters, get_model, get_spec
+from lamina.models.registry import check_options, count_parameters, get_model
 from lamina.tasks import Task, get_task
 
 # Keyword arguments of train() (and CLI flags) -> dotted config keys.
@@ -65,8 +66,9 @@ class Run:
     def meta(self) -> dict[str, Any]:
         return self.info["meta"]
 
-    def evaluate(self, data: str | None = None, split: str | None = None, out_dir: str | Path | None = None,
-                 **options) -> dict:  # fmt: skip
+    def evaluate(
+        self, data: str | None = None, split: str | None = None, out_dir: str | Path | None = None, **options
+    ) -> dict:
         """Full metrics on a split (default: test where the data has one, else validation) plus plots.
         `options`: the task's own (translate: beam, length_penalty)."""
         data = data or self.config.data.name
@@ -82,8 +84,9 @@ class Run:
     def predict(self, inputs: list[str], **options) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, [str(i) for i in inputs], **options)
 
-    def translate(self, texts: list[str], beam: int = 5, length_penalty: float = 1.0, attention: bool = False
-                  ) -> list[dict[str, Any]]:  # fmt: skip
+    def translate(
+        self, texts: list[str], beam: int = 5, length_penalty: float = 1.0, attention: bool = False
+    ) -> list[dict[str, Any]]:
         """Translations of `texts` (translate runs): greedy for beam 1, else beam search."""
         if not hasattr(self.task, "translate"):
             raise UsageError(f"a {self.task.name} run does not translate (that is what translate runs do)")
@@ -121,14 +124,17 @@ def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> 
     try:
         model.load_state_dict(ckpt.load_weights(run_dir / ckpt.WEIGHTS_FILE, dev))
     except RuntimeError as exc:
-        raise LaminaError(f"{run_dir / ckpt.WEIGHTS_FILE} does not match the model recorded in "
-                          f"{ckpt.RUN_FILE}: {str(exc).splitlines()[-1].strip()}") from None  # fmt: skip
+        raise LaminaError(
+            f"{run_dir / ckpt.WEIGHTS_FILE} does not match the model recorded in "
+            f"{ckpt.RUN_FILE}: {str(exc).splitlines()[-1].strip()}"
+        ) from None
     model.eval()
     return Run(run_dir, info, cfg, task_obj, model)
 
 
-def evaluate(run: str | Path | Run, data: str | None = None, split: str | None = None, device: str = "auto",
-             **options) -> dict:  # fmt: skip
+def evaluate(
+    run: str | Path | Run, data: str | None = None, split: str | None = None, device: str = "auto", **options
+) -> dict:
     run = run if isinstance(run, Run) else load(run, device)
     return run.evaluate(data, split, **options)
 
@@ -148,8 +154,9 @@ def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **op
     return run.predict(inputs, **options)
 
 
-def inspect_gradients(runs: list[str | Path], steps: int = 200, rows: int = 16, out: str | Path = "gradient-flow.png",
-                      device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+def inspect_gradients(
+    runs: list[str | Path], steps: int = 200, rows: int = 16, out: str | Path = "gradient-flow.png", device: str = "cpu"
+) -> dict[str, Any]:
     """How far back the loss gradient reaches in each language-model run; plots the curves to `out`."""
     from lamina.viz.gradient_flow import plot_gradient_flow
 
@@ -226,19 +233,20 @@ def _claim(run_dir: Path, automatic: bool) -> Path:
 FIXED_ON_RESUME = ("data.", "model.", "train.batch_size", "train.seed", "train.init", "train.freeze", "optim.name")
 
 
-def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags, sets
-                    ) -> tuple[RunConfig, Path, bool]:  # fmt: skip
+def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags, sets) -> tuple[RunConfig, Path, bool]:
     """The run's configuration, its directory, and whether that directory was named automatically."""
     if resume:
         if out is None:
             raise UsageError("--resume needs --out RUN: the run directory to continue")
         info = ckpt.read_run(out, task=task_cls.name, need_weights=False)
         base = config_mod.from_dict(info.get("config", {}))
-        cfg = _normalise(task_cls, config_mod.resolve(task_cls.defaults, base=base, config_file=config_file,
-                                                      flags=flags, sets=sets))  # fmt: skip
+        cfg = _normalise(
+            task_cls, config_mod.resolve(task_cls.defaults, base=base, config_file=config_file, flags=flags, sets=sets)
+        )
         before, after = config_mod.flatten(base.to_dict()), config_mod.flatten(cfg.to_dict())
-        changed = sorted(k for k in set(before) | set(after)
-                         if k.startswith(FIXED_ON_RESUME) and before.get(k) != after.get(k))  # fmt: skip
+        changed = sorted(
+            k for k in set(before) | set(after) if k.startswith(FIXED_ON_RESUME) and before.get(k) != after.get(k)
+        )
         if changed:
             raise UsageError(f"cannot change {', '.join(changed)} when resuming; start a new run instead")
         return cfg, Path(out), False
@@ -273,12 +281,22 @@ def _check_same_data(run_dir: Path, saved: dict[str, Any], meta: dict[str, Any])
     recorded = {k: v for k, v in saved.get("data", {}).items() if k in ("train", "val", "test", "sha256")}
     differ += [k for k, v in recorded.items() if meta.get("data", {}).get(k) != v]
     if differ:
-        raise LaminaError(f"the data of {run_dir} changed since the run started ({', '.join(differ)} differ); "
-                          "resume needs the same data")  # fmt: skip
+        raise LaminaError(
+            f"the data of {run_dir} changed since the run started ({', '.join(differ)} differ); "
+            "resume needs the same data"
+        )
 
 
-def train(task: str, *, out: str | Path | None = None, resume: bool = False, config_file: str | Path | None = None,
-          sets: list[str] | None = None, started: float | None = None, **settings: Any) -> dict[str, Any]:  # fmt: skip
+def train(
+    task: str,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    config_file: str | Path | None = None,
+    sets: list[str] | None = None,
+    started: float | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
     """Train a model for `task`; settings are the keys of SETTINGS (data=..., epochs=..., lr=...).
 
     The time budget counts from `started` (a time.monotonic() value; default: now), so data loading,
@@ -318,10 +336,19 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
     val, test, final_val = prepared.val, prepared.test, prepared.final_val
     after = (test.n_samples * task_obj.views() if test else 0) + (final_val.n_samples if final_val else 0)
     trainer = Trainer(
-        model, task_obj.step, prepared.train, (lambda m: task_obj.evaluate(m, val, tta=False)) if val else None,
-        cfg, run_dir, precision, monitor=task_cls.monitor, started=started,
-        reserve_passes=after, val_samples=val.n_samples if val else 0, carry=task_obj,
-    )  # fmt: skip
+        model,
+        task_obj.step,
+        prepared.train,
+        (lambda m: task_obj.evaluate(m, val, tta=False)) if val else None,
+        cfg,
+        run_dir,
+        precision,
+        monitor=task_cls.monitor,
+        started=started,
+        reserve_passes=after,
+        val_samples=val.n_samples if val else 0,
+        carry=task_obj,
+    )
     if saved is not None:
         trainer.resume_from(saved)  # before lamina.json is rewritten: a failed resume leaves the run as it was
     info = {
@@ -342,12 +369,17 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
         ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
         if isinstance(exc, NonFiniteLoss):
             raise
-        raise LaminaError(f"out of memory on {device} (batch size {cfg.train.batch_size}); "
-                          "try a smaller --batch-size") from None  # fmt: skip
+        raise LaminaError(
+            f"out of memory on {device} (batch size {cfg.train.batch_size}); try a smaller --batch-size"
+        ) from None
 
-    summary: dict[str, Any] = {"run": str(run_dir), "status": result.status, "steps": result.state.step,
-                               "epochs": round(result.state.samples / max(prepared.train.n_samples, 1), 3),
-                               "precision": result.precision}  # fmt: skip
+    summary: dict[str, Any] = {
+        "run": str(run_dir),
+        "status": result.status,
+        "steps": result.state.step,
+        "epochs": round(result.state.samples / max(prepared.train.n_samples, 1), 3),
+        "precision": result.precision,
+    }
     if result.status == "interrupted":
         info["status"] = "interrupted"
         ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
@@ -366,8 +398,12 @@ def train(task: str, *, out: str | Path | None = None, resume: bool = False, con
 
     plot_curves(result.history, run_dir / "curves.png", task_cls.monitor[0])
     summary["seconds"] = round(trainer.elapsed(), 2)
-    info.update(status="complete", stopped=result.status, metrics=metrics,
-                training={k: summary[k] for k in ("steps", "epochs", "seconds", "precision")})  # fmt: skip
+    info.update(
+        status="complete",
+        stopped=result.status,
+        metrics=metrics,
+        training={k: summary[k] for k in ("steps", "epochs", "seconds", "precision")},
+    )
     ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
     summary["metrics"] = metrics
     return summary

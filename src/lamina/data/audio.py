@@ -1,12 +1,12 @@
 """Audio in, features out: reading sound files, log-mel filterbanks, SpecAugment, transcripts.
 
-    read_audio      any WAV/FLAC/OGG file (libsndfile via soundfile), down-mixed to mono and
-                    resampled to 16 kHz (soxr)
-    log_mel         80-band log-mel filterbank energies: 25 ms Hann windows every 10 ms, 512-point
-                    FFT, triangular filters on the HTK mel scale; then per-utterance normalisation
-    spec_augment    time and frequency masks on a training batch (Park et al. 2019)
-    normalise_text  transcripts as the recognizers spell them: lower-case letters, apostrophes and
-                    single spaces, digits spelled out
+read_audio      any WAV/FLAC/OGG file (libsndfile via soundfile), down-mixed to mono and
+                resampled to 16 kHz (soxr)
+log_mel         80-band log-mel filterbank energies: 25 ms Hann windows every 10 ms, 512-point
+                FFT, triangular filters on the HTK mel scale; then per-utterance normalisation
+spec_augment    time and frequency masks on a training batch (Park et al. 2019)
+normalise_text  transcripts as the recognizers spell them: lower-case letters, apostrophes and
+                single spaces, digits spelled out
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def read_audio(path: str | Path) -> np.ndarray:
     try:
         info = soundfile.info(str(path))
         if info.frames / max(info.samplerate, 1) > MAX_SECONDS:
-            raise LaminaError(f"{path}: {info.frames / info.samplerate:.0f} s of audio, more than the "
-                              f"{MAX_SECONDS:.0f} s limit: split the file first")  # fmt: skip
+            raise LaminaError(
+                f"{path}: {info.frames / info.samplerate:.0f} s of audio, more than the "
+                f"{MAX_SECONDS:.0f} s limit: split the file first"
+            )
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
     except LaminaError:
         raise
@@ -115,9 +117,16 @@ def log_mel(wave: np.ndarray | torch.Tensor, normalise: bool = True) -> torch.Te
     return feats
 
 
-def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator, freq_masks: int = 2,
-                 freq_width: int = 15, time_masks: int = 2, time_width: int = 40, max_time_fraction: float = 0.15
-                 ) -> torch.Tensor:  # fmt: skip
+def spec_augment(
+    feats: torch.Tensor,
+    lengths: torch.Tensor,
+    generator: torch.Generator,
+    freq_masks: int = 2,
+    freq_width: int = 15,
+    time_masks: int = 2,
+    time_width: int = 40,
+    max_time_fraction: float = 0.15,
+) -> torch.Tensor:
     """(B, T, F) normalised features -> the same with `freq_masks` bands of up to `freq_width` and
     `time_masks` spans of up to `time_width` frames (at most max_time_fraction of each utterance) set
     to 0, the mean. Masks are drawn per utterance."""
@@ -138,8 +147,10 @@ def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, generator: torch.Ge
 
 
 # ----- transcripts ---------------------------------------------------------------------------------
-ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
-       "seventeen eighteen nineteen".split()  # fmt: skip
+ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split()
+)
 TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 QUOTES = {"\u2018": "'", "\u2019": "'", "`": "'", "\u00b4": "'"}
 
@@ -212,4 +223,3 @@ def split_quiet(wave: np.ndarray, max_seconds: float) -> list[np.ndarray]:
         start = cut
     pieces.append(wave[start:])
     return [p for p in pieces if len(p)]
-

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,11 +22,28 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from lamina.data.sources import FASHION_MNIST
 from lamina.errors import LaminaError, warn
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 # What PIL raises for files that are not (complete, sane) images; DecompressionBombError is not an OSError.
-UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-              struct.error, IndexError)  # the last two from malformed headers some decoders do not catch
+UNREADABLE = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    struct.error,
+    IndexError,
+)  # the last two from malformed headers some decoders do not catch
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 MAX_AUTO_SIZE = 64
 
@@ -110,8 +127,10 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = [p.name for p in class_folders(root)]
     items = [(f, i) for i, name in enumerate(classes) for f in _files(root / name)]
     if not items:
-        raise LaminaError(f"data folder {root} has no class sub-folders with files in them "
-                          "(expected ROOT/<class>/<image> or ROOT/train/<class>/<image>)")  # fmt: skip
+        raise LaminaError(
+            f"data folder {root} has no class sub-folders with files in them "
+            "(expected ROOT/<class>/<image> or ROOT/train/<class>/<image>)"
+        )
     return classes, items
 
 
@@ -224,9 +243,20 @@ class ImageBatches:
     from a generator seeded by (seed, epoch, batch): the same batches after a resume.
     """
 
-    def __init__(self, data: ImageSet, batch_size: int, mean: list[float], std: list[float], device: torch.device,
-                 train: bool = False, seed: int = 0, flip: bool = False, crop_padding: int = 0,
-                 erase: float = 0.0, channels_last: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        train: bool = False,
+        seed: int = 0,
+        flip: bool = False,
+        crop_padding: int = 0,
+        erase: float = 0.0,
+        channels_last: bool = False,
+    ):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.n_samples = len(data)
@@ -249,8 +279,11 @@ class ImageBatches:
             order = torch.randperm(self.n_samples, generator=torch.Generator().manual_seed(_seed(self.seed, index)))
             order = order.to(self.device)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size] if self.train else slice(
-                b * self.batch_size, (b + 1) * self.batch_size)  # fmt: skip
+            idx = (
+                order[b * self.batch_size : (b + 1) * self.batch_size]
+                if self.train
+                else slice(b * self.batch_size, (b + 1) * self.batch_size)
+            )
             x = self.images[idx]
             if self.train:
                 x = self.augment(x, torch.Generator().manual_seed(_seed(self.seed, index, b)))

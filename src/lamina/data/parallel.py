@@ -20,9 +20,10 @@ import re
 import struct
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -129,7 +130,9 @@ def catalog_files(lang: str, catalogs: str = "") -> tuple[Path, list[Path]]:
     files = sorted(folder.glob("*.mo")) if folder.is_dir() else []
     if not files:
         langs = available_languages()
-        have = f"languages with catalogs here: {', '.join(langs)}" if langs else f"no catalogs at all under {LOCALE_DIR}"
+        have = (
+            f"languages with catalogs here: {', '.join(langs)}" if langs else f"no catalogs at all under {LOCALE_DIR}"
+        )
         raise LaminaError(f"no gettext catalogs for {lang!r} on this machine ({have})")
     return folder, files
 
@@ -143,7 +146,8 @@ def read_catalog(path: Path) -> list[tuple[str, str]]:
     try:
         catalog = polib.mofile(str(path)) if path.suffix == ".mo" else polib.pofile(str(path))
     except (OSError, ValueError, UnicodeDecodeError, IndexError, LookupError, struct.error) as exc:
-        warn(f"skipped {path}: not a readable gettext catalog ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        warn(f"skipped {path}: not a readable gettext catalog ({reason})")
         return []
     pairs = []
     for entry in catalog:
@@ -217,7 +221,12 @@ def build_corpus(raw: Sequence[Pair], reverse: bool = False) -> tuple[dict[str, 
     splits: dict[str, list[Pair]] = {name: [] for name in SPLITS}
     for source in sorted(targets):
         splits[split_of(source)].append((source, targets[source].most_common(1)[0][0]))
-    counts = {"entries": len(raw), "pairs": len(targets), "duplicates": duplicates, "dropped": dict(sorted(dropped.items()))}
+    counts = {
+        "entries": len(raw),
+        "pairs": len(targets),
+        "duplicates": duplicates,
+        "dropped": dict(sorted(dropped.items())),
+    }
     return splits, counts
 
 
@@ -225,7 +234,7 @@ def corpus_sha256(splits: dict[str, list[Pair]]) -> str:
     digest = hashlib.sha256()
     for name in SPLITS:
         for source, target in splits[name]:
-            digest.update(f"{source}\t{target}\n".encode("utf-8"))
+            digest.update(f"{source}\t{target}\n".encode())
     return digest.hexdigest()
 
 
@@ -241,8 +250,14 @@ def load_parallel(name: str, catalogs: str = "", reverse: bool = False) -> Paral
             raise UsageError(f"unknown dataset {name!r}; give gettext:LANG (e.g. gettext:fr) or a .tsv file of pairs")
         raw, info = read_tsv(path), {"source": str(path)}
     splits, counts = build_corpus(raw, reverse)
-    source = {"name": name, **info, "reverse": reverse, **counts, "sha256": corpus_sha256(splits),
-              **{split: len(pairs) for split, pairs in splits.items()}}  # fmt: skip
+    source = {
+        "name": name,
+        **info,
+        "reverse": reverse,
+        **counts,
+        "sha256": corpus_sha256(splits),
+        **{split: len(pairs) for split, pairs in splits.items()},
+    }
     return ParallelCorpus(splits["train"], splits["val"], splits["test"], source)
 
 
@@ -280,11 +295,22 @@ class Tokenizer:
         out = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts), model_writer=out, vocab_size=size, model_type="unigram",
-                character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
-                pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, num_threads=1, minloglevel=2,
-                hard_vocab_limit=False, max_sentence_length=16384,
-            )  # fmt: skip
+                sentence_iterator=iter(texts),
+                model_writer=out,
+                vocab_size=size,
+                model_type="unigram",
+                character_coverage=1.0,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                pad_id=PAD,
+                unk_id=UNK,
+                bos_id=BOS,
+                eos_id=EOS,
+                num_threads=1,
+                minloglevel=2,
+                hard_vocab_limit=False,
+                max_sentence_length=16384,
+            )
         except RuntimeError as exc:
             raise LaminaError(f"cannot train the subword tokenizer: {str(exc).splitlines()[0]}") from None
         return cls(out.getvalue())
@@ -312,7 +338,9 @@ class Tokenizer:
 
     def unseen(self, text: str) -> list[str]:
         """Characters of `text` the tokenizer has no piece for (spelled out as UTF-8 bytes)."""
-        return sorted(ch for ch in set(text) if not ch.isspace() and any(self.sp.is_byte(i) for i in self.sp.encode(ch)))
+        return sorted(
+            ch for ch in set(text) if not ch.isspace() and any(self.sp.is_byte(i) for i in self.sp.encode(ch))
+        )
 
 
 # ----- batches ----------------------------------------------------------------------------------
@@ -348,8 +376,17 @@ class PairBatches:
 
     POOL = 50
 
-    def __init__(self, sources: list[list[int]], targets: list[list[int]], batch_size: int, *, train: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", pairs: list[Pair] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        sources: list[list[int]],
+        targets: list[list[int]],
+        batch_size: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        pairs: list[Pair] | None = None,
+    ):
         self.sources, self.targets, self.batch_size = sources, targets, batch_size
         self.pairs = pairs  # the text of each pair, for scores on detokenized output (evaluation)
         self.train, self.seed, self.device = train, seed, device
@@ -376,7 +413,10 @@ class PairBatches:
         batch: attention builds a (batch, target, source, hidden) tensor, and a file may hold sentences
         far longer than any training pair."""
         ids = sorted(range(self.n_samples), key=lambda i: (len(self.sources[i]), len(self.targets[i])))
-        cells = lambda rows: len(rows) * (len(self.sources[rows[-1]]) + 1) * (max(len(self.targets[i]) for i in rows) + 1)  # noqa: E731
+
+        def cells(rows: list[int]) -> int:
+            return len(rows) * (len(self.sources[rows[-1]]) + 1) * (max(len(self.targets[i]) for i in rows) + 1)
+
         return pack_by_length(ids, self.batch_size, cells, MAX_CELLS)
 
     def __len__(self) -> int:

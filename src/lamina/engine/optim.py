@@ -8,7 +8,7 @@ works whether training is bounded by epochs (p = step / total steps) or by a wal
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -82,7 +82,11 @@ def beam_search(model, memory, state: State, beam: int, max_len: int, alpha: flo
             logp, state, weights = model.decode_step(tokens, state, memory)  # (N*K, V)
             vocab = logp.shape[-1]
             if weights is not None:  # (N*K, t + 1, S): each hypothesis's attention so far
-                attention = weights.float()[:, None] if attention is None else torch.cat([attention, weights.float()[:, None]], 1)
+                attention = (
+                    weights.float()[:, None]
+                    if attention is None
+                    else torch.cat([attention, weights.float()[:, None]], 1)
+                )
             total = (scores[:, :, None] + logp.view(n, k, vocab)).view(n, k * vocab)
             top, flat = total.topk(min(2 * k, k * vocab), dim=1)  # (N, 2K)
             parents, words, top_list = (flat // vocab).tolist(), (flat % vocab).tolist(), top.tolist()
@@ -102,8 +106,9 @@ def beam_search(model, memory, state: State, beam: int, max_len: int, alpha: flo
                         chosen.append((score, parent, word))
                         if len(chosen) == k:
                             break
-                    if not chosen or (len(finished[i]) >= k and chosen[0][0] / (t + 1) ** alpha
-                                      <= max(h.score for h in finished[i])):  # fmt: skip
+                    if not chosen or (
+                        len(finished[i]) >= k and chosen[0][0] / (t + 1) ** alpha <= max(h.score for h in finished[i])
+                    ):
                         done[i] = True
                 if done[i]:
                     chosen = []
@@ -128,5 +133,7 @@ def beam_search(model, memory, state: State, beam: int, max_len: int, alpha: flo
                     if score > float("-inf"):
                         row = i * k + j
                         w = None if attention is None else attention[row].cpu()
-                        finished[i].append(Hypothesis(history[row].tolist(), score / max(history.shape[1], 1) ** alpha, w))
+                        finished[i].append(
+                            Hypothesis(history[row].tolist(), score / max(history.shape[1], 1) ** alpha, w)
+                        )
     return [max(hyps, key=lambda h: h.score) if hyps else Hypothesis([], float("-inf"), None) for hyps in finished]

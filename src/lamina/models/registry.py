@@ -1,16 +1,16 @@
 """A registry of model builders, keyed by task and name (timm/torchvision style).
 
-    @register_model("classify", "vgg-s", "VGG-style net, one conv per stage")
-    def vgg_s(**kwargs) -> nn.Module: ...
+@register_model("classify", "vgg-s", "VGG-style net, one conv per stage")
+def vgg_s(**kwargs) -> nn.Module: ...
 
-    get_model("classify", "vgg-s", in_channels=1, num_classes=10, image_size=28)
+get_model("classify", "vgg-s", in_channels=1, num_classes=10, image_size=28)
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -10,7 +10,7 @@ model in lamina shares: ``forward(x, targets=None, state=None) -> (logits, loss,
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,16 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h, or (h, c) for an 
 
 
 class CharRNN(nn.Module):
-    def __init__(self, cell: str = "lstm", vocab_size: int = 84, embed: int = 64, hidden: int = 512, layers: int = 1,
-                 dropout: float = 0.0, tie: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        cell: str = "lstm",
+        vocab_size: int = 84,
+        embed: int = 64,
+        hidden: int = 512,
+        layers: int = 1,
+        dropout: float = 0.0,
+        tie: bool = False,
+    ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, not {cell!r}")
@@ -66,8 +74,9 @@ class CharRNN(nn.Module):
             out = self.proj(out)
         return self.head(out)
 
-    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state: State | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, State]:  # fmt: skip
+    def forward(
+        self, x: torch.Tensor, targets: torch.Tensor | None = None, state: State | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """x: (B, T) token ids -> logits (B, T, V), mean cross-entropy against targets (B, T) or None, new state."""
         emb = self.drop(self.embed(x))  # (B, T, E)
         out, state = run_rnn(self.rnn, emb, state)  # (B, T, H)
@@ -77,8 +86,15 @@ class CharRNN(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         return logits, loss, state
 
-    def generate(self, prompt: torch.Tensor, length: int, temperature: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None, autocast=contextlib.nullcontext) -> Iterator[int]:  # fmt: skip
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        length: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+        autocast=contextlib.nullcontext,
+    ) -> Iterator[int]:
         """Sample `length` tokens after `prompt` (1-D ids, at least one), yielding each as it is drawn.
 
         `autocast`: a context factory entered around each forward pass only, never across a yield."""

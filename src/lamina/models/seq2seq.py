@@ -68,21 +68,34 @@ class Attention(nn.Module):
     def forward(self, s: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """s: (N, T, H) decoder states, keys: (N, S, H) -> scores (N, T, S)."""
         if self.score == "additive":
-            return self.v(torch.tanh(self.query(s)[:, :, None] + keys[:, None])).squeeze(-1)  # (N, T, S, H) -> (N, T, S)
+            return self.v(torch.tanh(self.query(s)[:, :, None] + keys[:, None])).squeeze(
+                -1
+            )  # (N, T, S, H) -> (N, T, S)
         return s @ keys.transpose(1, 2)
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, vocab_size: int = 8000, embed: int = 256, hidden: int = 512, layers: int = 1,
-                 cell: str = "lstm", dropout: float = 0.2, attention: str | None = None,
-                 bidirectional: bool = False, reverse_source: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        embed: int = 256,
+        hidden: int = 512,
+        layers: int = 1,
+        cell: str = "lstm",
+        dropout: float = 0.2,
+        attention: str | None = None,
+        bidirectional: bool = False,
+        reverse_source: bool = False,
+    ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, not {cell!r}")
         if min(vocab_size, embed, hidden, layers) < 1:
             raise ValueError("vocab_size, embed, hidden and layers must be at least 1")
         if bidirectional and hidden % 2:
-            raise ValueError(f"a bidirectional encoder splits hidden={hidden} between its two directions: give an even size")
+            raise ValueError(
+                f"a bidirectional encoder splits hidden={hidden} between its two directions: give an even size"
+            )
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {dropout}")
         self.cell, self.hidden, self.layers = cell, hidden, layers
@@ -92,8 +105,14 @@ class Seq2Seq(nn.Module):
         self.tgt_embed = nn.Embedding(vocab_size, embed, padding_idx=PAD)
         # A bidirectional encoder gives each direction half the size: their states, side by side,
         # have the decoder's size, so the final ones start the decoder as they are.
-        self.encoder = rnn(embed, hidden // 2 if bidirectional else hidden, layers, batch_first=True,
-                           dropout=between, bidirectional=bidirectional)  # fmt: skip
+        self.encoder = rnn(
+            embed,
+            hidden // 2 if bidirectional else hidden,
+            layers,
+            batch_first=True,
+            dropout=between,
+            bidirectional=bidirectional,
+        )
         self.decoder = rnn(embed, hidden, layers, batch_first=True, dropout=between)
         self.attention = Attention(attention, hidden) if attention else None
         self.combine = nn.Linear(2 * hidden, hidden) if attention else None
@@ -132,29 +151,34 @@ class Seq2Seq(nn.Module):
         context = weights.to(memory.outputs.dtype) @ memory.outputs  # (N, T, H)
         return torch.tanh(self.combine(torch.cat([context, s.to(context.dtype)], dim=-1))), weights
 
-    def decode(self, tgt_in: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+    def decode(
+        self, tgt_in: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """Teacher forcing: target inputs (N, T) -> logits (N, T, V), last state, attention (N, T, S)."""
         y = self.drop(self.tgt_embed(tgt_in))  # (N, T, E)
         s, state = run_rnn(self.decoder, y, state)  # (N, T, H)
         h, weights = self.attend(s, memory)
         return self.head(self.drop(h)), state, weights
 
-    def decode_step(self, tokens: torch.Tensor, state: State, memory: Memory
-                    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:  # fmt: skip
+    def decode_step(
+        self, tokens: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """One step of every row: previous tokens (N,) -> log-probabilities (N, V), state, attention (N, S)."""
         logits, state, weights = self.decode(tokens[:, None], state, memory)
         return logits[:, 0].float().log_softmax(-1), state, None if weights is None else weights[:, 0]
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor | None = None,
-                label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor | None = None, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """src (N, S), tgt_in (N, T) -> logits (N, T, V), and the mean cross-entropy per target token
         against tgt_out (N, T) (padding ignored), or None."""
         memory, state = self.encode(src)
         logits, _, _ = self.decode(tgt_in, state, memory)
         loss = None
         if tgt_out is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD,
-                                   label_smoothing=label_smoothing)  # fmt: skip
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD, label_smoothing=label_smoothing
+            )
         return logits, loss
 
 

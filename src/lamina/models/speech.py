@@ -84,7 +84,7 @@ def ctc_beam(log_probs: torch.Tensor, frames: int, beam: int, prune: float = -12
         candidates = [int(c) for c in torch.nonzero(row > prune).flatten()] or [int(row.argmax())]
         nxt: dict[tuple[int, ...], list[float]] = {}
 
-        def add(prefix, blank=-math.inf, symbol=-math.inf):
+        def add(prefix, blank=-math.inf, symbol=-math.inf, nxt=nxt):
             b, s = nxt.get(prefix, [-math.inf, -math.inf])
             nxt[prefix] = [_logadd(b, blank), _logadd(s, symbol)]
 
@@ -115,20 +115,31 @@ def _logadd(a: float, b: float) -> float:
 
 # ----- CTC -----------------------------------------------------------------------------------------
 class CTCRecognizer(nn.Module):
-    def __init__(self, vocab_size: int = 32, n_mels: int = 80, channels: int = 32, hidden: int = 384,
-                 layers: int = 3, cell: str = "gru", dropout: float = 0.2):  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int = 32,
+        n_mels: int = 80,
+        channels: int = 32,
+        hidden: int = 384,
+        layers: int = 3,
+        cell: str = "gru",
+        dropout: float = 0.2,
+    ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, not {cell!r}")
         if hidden % 2:
             raise ValueError(f"hidden={hidden} is split between two directions: give an even size")
         self.subsample = nn.Sequential(  # (N, 1, T, F) -> (N, C, T/4, F/4)
-            nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         self.project = nn.Linear(channels * ((n_mels + 3) // 4), hidden)
-        self.rnn = CELLS[cell](hidden, hidden // 2, layers, batch_first=True, bidirectional=True,
-                               dropout=dropout if layers > 1 else 0.0)  # fmt: skip
+        self.rnn = CELLS[cell](
+            hidden, hidden // 2, layers, batch_first=True, bidirectional=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
 
@@ -167,7 +178,7 @@ class Listener(nn.Module):
         self.rnns = nn.ModuleList(
             nn.LSTM(n_mels if i == 0 else 2 * hidden, hidden // 2, batch_first=True, bidirectional=True)
             for i in range(levels + 1)
-        )  # fmt: skip
+        )
         self.drop = nn.Dropout(dropout)
 
     @staticmethod
@@ -208,8 +219,17 @@ class LocationAttention(nn.Module):
 
 
 class LAS(nn.Module):
-    def __init__(self, vocab_size: int = 32, n_mels: int = 80, hidden: int = 256, levels: int = 3,
-                 embed: int = 64, attention_dim: int = 128, dropout: float = 0.2, ctc_weight: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int = 32,
+        n_mels: int = 80,
+        hidden: int = 256,
+        levels: int = 3,
+        embed: int = 64,
+        attention_dim: int = 128,
+        dropout: float = 0.2,
+        ctc_weight: float = 0.0,
+    ):
         super().__init__()
         if not 0 <= ctc_weight <= 1:
             raise ValueError(f"ctc_weight must be in [0, 1], not {ctc_weight}")
@@ -268,8 +288,9 @@ class LAS(nn.Module):
         logits = torch.stack(steps, 1)  # (N, L, V)
         loss = None
         if tgt_out is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD,
-                                   label_smoothing=label_smoothing)  # fmt: skip
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD, label_smoothing=label_smoothing
+            )
             if self.ctc_head is not None:
                 ctc_states, ctc_frames = levels[min(CTC_LEVEL, self.levels)]
                 ctc = ctc_loss(self.ctc_head(ctc_states), ctc_frames, tgt_out)

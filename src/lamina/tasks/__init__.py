@@ -9,7 +9,9 @@ from lamina.tasks.lm import LanguageModelTask
 from lamina.tasks.transcribe import TranscribeTask
 from lamina.tasks.translate import TranslateTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask, LanguageModelTask, TranslateTask, TranscribeTask)}
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls for cls in (ClassifyTask, LanguageModelTask, TranslateTask, TranscribeTask)
+}
 
 
 def get_task(name: str) -> type[Task]:

@@ -34,8 +34,9 @@ class ClassifyTask(Task):
     datasets = DATASETS
 
     # ----- data ---------------------------------------------------------------------------------
-    def load_splits(self, name: str, *, channels: int = 0, size: int = 0, only: str | None = None
-                    ) -> dict[str, img.ImageSet | None]:  # fmt: skip
+    def load_splits(
+        self, name: str, *, channels: int = 0, size: int = 0, only: str | None = None
+    ) -> dict[str, img.ImageSet | None]:
         """'train', 'val' and 'test' of a named dataset or a folder (None where there is no such split).
 
         Without a val/ folder, validation is a stratified hold-out of the training images (data.val_fraction);
@@ -44,7 +45,9 @@ class ClassifyTask(Task):
         """
         d = self.cfg.data
         if name == "fashion-mnist":
-            splits: dict[str, img.ImageSet | None] = {"test": img.fashion_mnist("test") if only in (None, "test") else None}
+            splits: dict[str, img.ImageSet | None] = {
+                "test": img.fashion_mnist("test") if only in (None, "test") else None
+            }
             if only != "test":
                 splits["train"], splits["val"] = img.stratified_split(img.fashion_mnist("train"), d.val_fraction)
             return splits
@@ -58,7 +61,9 @@ class ClassifyTask(Task):
         if not channels:
             channels, auto_size = img.probe_images(items)
             size = d.image_size or auto_size
-        wanted = set(layout) if only is None else {only} | ({"train"} if only == "val" and "val" not in layout else set())
+        wanted = (
+            set(layout) if only is None else {only} | ({"train"} if only == "val" and "val" not in layout else set())
+        )
         loaded = {s: img.image_folder(layout[s], classes, channels, size, s) for s in wanted if s in layout}
         if "val" not in layout and "train" in loaded:
             loaded["train"], loaded["val"] = img.stratified_split(loaded["train"], d.val_fraction)
@@ -84,12 +89,22 @@ class ClassifyTask(Task):
         source = previous_meta or (ckpt.read_run(t.init, task=self.name).get("meta", {}) if t.init else {})
         if len(source.get("mean", [])) == len(mean):
             mean, std = source["mean"], source["std"]
-        meta = {"classes": train.classes, "channels": int(train.images.shape[1]), "image_size": size,
-                "mean": mean, "std": std}  # fmt: skip
+        meta = {
+            "classes": train.classes,
+            "channels": int(train.images.shape[1]),
+            "image_size": size,
+            "mean": mean,
+            "std": std,
+        }
         val, test = [align_classes(splits[s], train.classes, size) if splits[s] else None for s in ("val", "test")]
         source = FASHION_MNIST.locate() if d.name == FASHION_MNIST.name else d.name
-        meta["data"] = {"name": d.name, "source": str(source or ""), "train": len(train),
-                        "val": len(val) if val else 0, "test": len(test) if test else 0}  # fmt: skip
+        meta["data"] = {
+            "name": d.name,
+            "source": str(source or ""),
+            "train": len(train),
+            "val": len(val) if val else 0,
+            "test": len(test) if test else 0,
+        }
         return Prepared(
             train=self.batches(train, meta, train=True),
             val=self.batches(val, meta) if val else None,
@@ -130,10 +145,18 @@ class ClassifyTask(Task):
     def batches(self, data: img.ImageSet, meta: dict[str, Any], train: bool = False) -> img.ImageBatches:
         d, t = self.cfg.data, self.cfg.train
         return img.ImageBatches(
-            data, t.batch_size if train else max(t.batch_size, 512), meta["mean"], meta["std"], self.device,
-            train=train, seed=t.seed, flip=d.flip and train, crop_padding=d.crop_padding if train else 0,
-            erase=d.erase if train else 0.0, channels_last=t.channels_last,
-        )  # fmt: skip
+            data,
+            t.batch_size if train else max(t.batch_size, 512),
+            meta["mean"],
+            meta["std"],
+            self.device,
+            train=train,
+            seed=t.seed,
+            flip=d.flip and train,
+            crop_padding=d.crop_padding if train else 0,
+            erase=d.erase if train else 0.0,
+            channels_last=t.channels_last,
+        )
 
     # ----- model --------------------------------------------------------------------------------
     def init_from(self, model: nn.Module, run_dir: str | Path, freeze: bool) -> None:
@@ -145,12 +168,16 @@ class ClassifyTask(Task):
             missing, unexpected = model.load_state_dict(backbone, strict=False)
         except RuntimeError as exc:
             detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-            raise LaminaError(f"the backbone of {run_dir} ({info['model']['name']}) does not fit this model: {detail}") from None
+            raise LaminaError(
+                f"the backbone of {run_dir} ({info['model']['name']}) does not fit this model: {detail}"
+            ) from None
         missing = [k for k in missing if not k.startswith("head.")]
         if missing or unexpected:
-            raise LaminaError(f"the backbone of {run_dir} ({info['model']['name']}) does not fit this model: "
-                              f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. "
-                              f"{(missing + unexpected)[0]}")  # fmt: skip
+            raise LaminaError(
+                f"the backbone of {run_dir} ({info['model']['name']}) does not fit this model: "
+                f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. "
+                f"{(missing + unexpected)[0]}"
+            )
         if freeze:
             model.freeze_features()
 
@@ -175,8 +202,9 @@ class ClassifyTask(Task):
         return p
 
     @torch.no_grad()
-    def predict_all(self, model: nn.Module, batches: img.ImageBatches, tta: bool | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def predict_all(
+        self, model: nn.Module, batches: img.ImageBatches, tta: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
         probs, labels = [], []
         for x, y in batches.epoch():
@@ -205,8 +233,16 @@ class ClassifyTask(Task):
         plots = [plot_confusion(cm, meta["classes"], out_dir / "confusion.png")]
         wrong = torch.nonzero(pred != labels).flatten()
         worst = wrong[probs[wrong].gather(1, labels[wrong, None]).flatten().argsort()][:36]  # lowest p(true) first
-        plots.append(plot_errors(data.images[worst], labels[worst], pred[worst], probs[worst].amax(1),
-                                 meta["classes"], out_dir / "errors.png"))  # fmt: skip
+        plots.append(
+            plot_errors(
+                data.images[worst],
+                labels[worst],
+                pred[worst],
+                probs[worst].amax(1),
+                meta["classes"],
+                out_dir / "errors.png",
+            )
+        )
         return {"n": len(labels), "metrics": result, "plots": [str(p) for p in plots]}
 
     def predict(self, model: nn.Module, meta: dict[str, Any], paths: list[str], top_k: int = 5) -> list[dict]:
@@ -220,8 +256,12 @@ class ClassifyTask(Task):
             except LaminaError as exc:
                 results[i]["error"] = str(exc)
         if tensors:
-            data = img.ImageSet(torch.stack(tensors), torch.zeros(len(tensors), dtype=torch.long), meta["classes"],
-                                [str(paths[i]) for i in ok])  # fmt: skip
+            data = img.ImageSet(
+                torch.stack(tensors),
+                torch.zeros(len(tensors), dtype=torch.long),
+                meta["classes"],
+                [str(paths[i]) for i in ok],
+            )
             probs, _ = self.predict_all(model, self.batches(data, meta))
             k = max(1, min(top_k, probs.shape[1]))
             top_p, top_i = probs.topk(k, dim=1)
@@ -237,8 +277,10 @@ def align_classes(data: img.ImageSet, classes: list[str], size: int) -> img.Imag
     """Relabel `data` to the index order of `classes` (by name); drop nothing silently."""
     unknown = sorted(set(data.classes[i] for i in data.labels.unique().tolist()) - set(classes))
     if unknown:
-        raise LaminaError(f"the data has classes the model does not know: {', '.join(unknown)} "
-                          f"(the model knows: {', '.join(classes)})")  # fmt: skip
+        raise LaminaError(
+            f"the data has classes the model does not know: {', '.join(unknown)} "
+            f"(the model knows: {', '.join(classes)})"
+        )
     keep = [data.classes.index(c) for c in classes if c in data.classes]
     data = img.keep_classes(data, keep) if keep != list(range(len(data.classes))) else data
     mapping = torch.tensor([classes.index(c) for c in data.classes], dtype=torch.long)

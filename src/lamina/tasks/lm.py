@@ -9,8 +9,9 @@ recurrent state carried (detached) from one batch to the next, and gradient clip
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,16 +61,21 @@ class LanguageModelTask(Task):
         train_ids = vocab.encode(corpus.train, "the training text")
         val_ids = vocab.encode(corpus.val, "the validation text")
         if len(train_ids) <= 2 * d.seq_len:
-            raise LaminaError(f"the training text ({len(train_ids)} characters) is too short for data.seq_len "
-                              f"{d.seq_len}; give more text or a smaller --set data.seq_len")  # fmt: skip
+            raise LaminaError(
+                f"the training text ({len(train_ids)} characters) is too short for data.seq_len "
+                f"{d.seq_len}; give more text or a smaller --set data.seq_len"
+            )
         rows = min(t.batch_size, (len(train_ids) - d.seq_len) // d.seq_len)
         if rows < t.batch_size:
-            warn(f"the training text fills only {rows} streams of data.seq_len={d.seq_len} characters; "
-                 f"training with {rows} rows per batch instead of {t.batch_size}")  # fmt: skip
+            warn(
+                f"the training text fills only {rows} streams of data.seq_len={d.seq_len} characters; "
+                f"training with {rows} rows per batch instead of {t.batch_size}"
+            )
         meta = {"vocab": vocab.chars, "data": corpus.source}
         return Prepared(
-            train=text.TextStreams(train_ids, rows, d.seq_len, train=True, seed=t.seed, reset=d.state_reset,
-                                   device=self.device),  # fmt: skip
+            train=text.TextStreams(
+                train_ids, rows, d.seq_len, train=True, seed=t.seed, reset=d.state_reset, device=self.device
+            ),
             val=self.estimate_streams(val_ids),
             test=None,
             final_val=self.streams(val_ids),
@@ -152,8 +158,17 @@ class LanguageModelTask(Task):
             ids = vocab.encode("\n") if "\n" in vocab.index else torch.zeros(1, dtype=torch.long)
         return ids.to(self.device)
 
-    def generate(self, model: nn.Module, meta: dict[str, Any], prompt: str = "", length: int = 500,
-                 temperature: float = 1.0, top_k: int = 0, seed: int | None = None, beam: int = 0) -> Iterator[str]:  # fmt: skip
+    def generate(
+        self,
+        model: nn.Module,
+        meta: dict[str, Any],
+        prompt: str = "",
+        length: int = 500,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        beam: int = 0,
+    ) -> Iterator[str]:
         """Characters after `prompt`, one at a time (sampled), or the whole most likely continuation (beam).
 
         Arguments are checked, and the prompt read, now; the characters come as the result is iterated."""
@@ -192,10 +207,16 @@ class LanguageModelTask(Task):
                 logits, _, _ = model(ids[None])
             probs = logits[0, -1].float().softmax(-1)
             p, i = probs.topk(max(1, min(top_k, len(probs))))
-            results.append({"text": prompt, "next": [{"char": vocab.chars[c], "probability": round(float(q), 6)}
-                                                     for q, c in zip(p.tolist(), i.tolist())]})  # fmt: skip
+            results.append(
+                {
+                    "text": prompt,
+                    "next": [
+                        {"char": vocab.chars[c], "probability": round(float(q), 6)}
+                        for q, c in zip(p.tolist(), i.tolist())
+                    ],
+                }
+            )
         return results
-
 
     def gradient_flow(self, model: nn.Module, meta: dict[str, Any], steps: int = 200, rows: int = 16) -> list[float]:
         """||dL_T / dh_(T-t)|| for t = 0..steps, averaged over `rows` windows of the validation text."""
@@ -224,4 +245,3 @@ def restart(state, fresh: torch.Tensor):
 def nats(loss: float) -> dict[str, float]:
     """One loss in its three usual units."""
     return {"loss": loss, "bpc": loss / math.log(2), "perplexity": math.exp(min(loss, 50.0))}
-

@@ -66,8 +66,10 @@ class TranscribeTask(Task):
             else:
                 path = Path(name).expanduser()
                 if not path.exists() and not name.endswith(".tsv"):
-                    raise UsageError(f"unknown dataset {name!r}; give {speech.NAME}, a .tsv manifest of "
-                                     "audio-path<TAB>transcript lines or a folder of train/val/test.tsv")  # fmt: skip
+                    raise UsageError(
+                        f"unknown dataset {name!r}; give {speech.NAME}, a .tsv manifest of "
+                        "audio-path<TAB>transcript lines or a folder of train/val/test.tsv"
+                    )
                 self._splits[name] = speech.manifest_splits(path, d.val if name == self.cfg.data.name else "")
         return self._splits[name]
 
@@ -75,8 +77,14 @@ class TranscribeTask(Task):
         if data == speech.NAME:
             self.splits(data)
             summary = json.loads((self._root / "corpus.json").read_text())
-            return {"name": data, "folder": str(self._root), **{k: summary[k] for k in ("key", "utterances", "audio_hours",
-                    "test_accents", "test_variants", "espeak")}}  # fmt: skip
+            return {
+                "name": data,
+                "folder": str(self._root),
+                **{
+                    k: summary[k]
+                    for k in ("key", "utterances", "audio_hours", "test_accents", "test_variants", "espeak")
+                },
+            }
         return {"name": data}
 
     def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
@@ -86,10 +94,16 @@ class TranscribeTask(Task):
         if not train:
             raise LaminaError(f"{d.name} gives no usable training utterances")
         longest = max(f.shape[0] for f in feats) / 100.0
-        meta = {"data": {**self.source(d.name), **{k: len(v) for k, v in splits.items()}}, "vocab": audio.CHARS,
-                "sample_rate": audio.SAMPLE_RATE, "n_mels": audio.N_MELS, "longest_seconds": round(longest, 2)}  # fmt: skip
-        train_batches = SpeechBatches(feats, train, t.batch_size, train=True, seed=t.seed, device=self.device,
-                                      augment=d.spec_augment)  # fmt: skip
+        meta = {
+            "data": {**self.source(d.name), **{k: len(v) for k, v in splits.items()}},
+            "vocab": audio.CHARS,
+            "sample_rate": audio.SAMPLE_RATE,
+            "n_mels": audio.N_MELS,
+            "longest_seconds": round(longest, 2),
+        }
+        train_batches = SpeechBatches(
+            feats, train, t.batch_size, train=True, seed=t.seed, device=self.device, augment=d.spec_augment
+        )
         return Prepared(
             train=train_batches,
             val=self.batches(splits["val"], "validation"),
@@ -134,8 +148,9 @@ class TranscribeTask(Task):
             total += float(loss) * len(rows)
         return total / max(batches.n_samples, 1)
 
-    def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path,
-               beam: int = 1) -> dict[str, Any]:  # fmt: skip
+    def report(
+        self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path, beam: int = 1
+    ) -> dict[str, Any]:
         """WER and CER on a split of the run's corpus (or every line of another manifest), overall, per
         noise level and per group of voices; writes each transcript next to its reference."""
         check_beam(beam)
@@ -162,13 +177,21 @@ class TranscribeTask(Task):
                 for value in sorted(set(values), key=lambda v: (v is not None, -(v or 0)) if key == "snr" else str(v)):
                     idx = [i for i, v in enumerate(values) if v == value]
                     name = ("clean" if value is None else f"{value:g} dB") if key == "snr" else str(value)
-                    result[label][name] = {"n": len(idx), "wer": metrics.wer([refs[i] for i in idx], [outs[i] for i in idx]),
-                                           "cer": metrics.cer([refs[i] for i in idx], [outs[i] for i in idx])}  # fmt: skip
+                    result[label][name] = {
+                        "n": len(idx),
+                        "wer": metrics.wer([refs[i] for i in idx], [outs[i] for i in idx]),
+                        "cer": metrics.cer([refs[i] for i in idx], [outs[i] for i in idx]),
+                    }
         table = "".join(f"{ex.path}\t{ex.text}\t{o}\n" for ex, o in zip(batches.examples, outs))
         written = out_dir / f"transcripts-{split}.tsv"
         atomic_write(written, lambda tmp: tmp.write_text("audio\treference\ttranscript\n" + table, encoding="utf-8"))
-        return {"split": split, "n": len(batches.examples), "metrics": result,
-                "decoding": {"search": "beam" if beam > 1 else "greedy", "beam": beam}, "files": [str(written)]}  # fmt: skip
+        return {
+            "split": split,
+            "n": len(batches.examples),
+            "metrics": result,
+            "decoding": {"search": "beam" if beam > 1 else "greedy", "beam": beam},
+            "files": [str(written)],
+        }
 
     @torch.no_grad()
     def transcribe_batches(self, model: nn.Module, batches: SpeechBatches, beam: int) -> list[str]:
@@ -182,8 +205,9 @@ class TranscribeTask(Task):
 
     # ----- transcription of files ------------------------------------------------------------------
     @torch.no_grad()
-    def transcribe(self, model: nn.Module, meta: dict[str, Any], files: list[str], beam: int = 1,
-                   attention: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    def transcribe(
+        self, model: nn.Module, meta: dict[str, Any], files: list[str], beam: int = 1, attention: bool = False
+    ) -> list[dict[str, Any]]:
         """One result per file: {'file', 'transcript', 'audio_seconds', 'seconds', 'real_time_factor'}
         (+ 'attention' (characters x listener frames) and 'characters' with attention=True), or
         {'file', 'error'}: a bad file is reported and the others go on. Files longer than the model
@@ -206,8 +230,10 @@ class TranscribeTask(Task):
             else:
                 pieces = [p for p in audio.split_quiet(wave, chunk) if not audio.is_silent(p)]  # pauses say nothing
                 if len(pieces) > 1:
-                    warn(f"{file} lasts {audio.seconds(wave):.0f} s, longer than the model was trained on: "
-                         f"transcribing it in {len(pieces)} chunks")  # fmt: skip
+                    warn(
+                        f"{file} lasts {audio.seconds(wave):.0f} s, longer than the model was trained on: "
+                        f"transcribing it in {len(pieces)} chunks"
+                    )
             texts = []
             for piece in pieces:
                 feats = audio.log_mel(piece)[None].to(self.device)
@@ -215,19 +241,25 @@ class TranscribeTask(Task):
                 texts.append(audio.decode_ids(h.tokens))
                 if attention and h.attention is not None and "attention" not in result:
                     ended = h.attention.shape[0] == len(h.tokens) + 1
-                    result["characters"] = [audio.decode_ids([i]) or " " for i in h.tokens] + (["</s>"] if ended else [])
+                    result["characters"] = [audio.decode_ids([i]) or " " for i in h.tokens] + (
+                        ["</s>"] if ended else []
+                    )
                     result["attention"] = h.attention.tolist()
             seconds = time.perf_counter() - started
-            result.update(transcript=" ".join(t for t in texts if t), seconds=round(seconds, 4),
-                          real_time_factor=round(seconds / max(result["audio_seconds"], 1e-9), 4))  # fmt: skip
+            result.update(
+                transcript=" ".join(t for t in texts if t),
+                seconds=round(seconds, 4),
+                real_time_factor=round(seconds / max(result["audio_seconds"], 1e-9), 4),
+            )
             results.append(result)
         return results
 
-    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options) -> list[dict]:
+    def predict(
+        self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options
+    ) -> list[dict]:
         return self.transcribe(model, meta, inputs, **options)
 
 
 def check_beam(beam: int) -> None:
     if beam < 1:
         raise UsageError("--beam must be at least 1 (1: greedy search)")
-

@@ -54,7 +54,9 @@ class TranslateTask(Task):
         "train.label_smoothing": 0.1,
         "train.channels_last": False,
     }
-    datasets = {"gettext:LANG": "English->LANG messages of the programs installed here (gettext catalogs), e.g. gettext:fr"}
+    datasets = {
+        "gettext:LANG": "English->LANG messages of the programs installed here (gettext catalogs), e.g. gettext:fr"
+    }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -87,8 +89,10 @@ class TranslateTask(Task):
         corpus = self.load_corpus()
         for split in ("train", "val"):
             if not corpus.split(split):
-                raise LaminaError(f"{d.name} gives no {split} pairs after cleaning ({corpus.source['pairs']} pairs in "
-                                  "all; about 90/5/5 go to train/val/test): give more pairs")  # fmt: skip
+                raise LaminaError(
+                    f"{d.name} gives no {split} pairs after cleaning ({corpus.source['pairs']} pairs in "
+                    "all; about 90/5/5 go to train/val/test): give more pairs"
+                )
         if previous_meta is None:  # subwords are learnt from the training split only, both languages together
             self._tokenizer = Tokenizer.train([s for pair in corpus.train for s in pair], d.vocab_size)
         tok = self.tokenizer
@@ -97,10 +101,21 @@ class TranslateTask(Task):
         if not keep:
             raise LaminaError(f"every training pair is longer than data.max_tokens={d.max_tokens} subwords")
         longest = max(len(sources[i]) for i in keep)
-        meta = {"data": corpus.source, "vocab_size": len(tok), "max_tokens": d.max_tokens, "longest_source": longest,
-                "too_long": len(sources) - len(keep)}  # fmt: skip
-        train = parallel.PairBatches([sources[i] for i in keep], [targets[i] for i in keep], t.batch_size, train=True,
-                                     seed=t.seed, device=self.device)  # fmt: skip
+        meta = {
+            "data": corpus.source,
+            "vocab_size": len(tok),
+            "max_tokens": d.max_tokens,
+            "longest_source": longest,
+            "too_long": len(sources) - len(keep),
+        }
+        train = parallel.PairBatches(
+            [sources[i] for i in keep],
+            [targets[i] for i in keep],
+            t.batch_size,
+            train=True,
+            seed=t.seed,
+            device=self.device,
+        )
         return Prepared(
             train=train,
             val=self.batches(corpus.val),
@@ -112,8 +127,13 @@ class TranslateTask(Task):
 
     def batches(self, pairs: list[parallel.Pair]) -> parallel.PairBatches:
         tok = self.tokenizer
-        return parallel.PairBatches(tok.encode([s for s, _ in pairs]), tok.encode([t for _, t in pairs]), EVAL_BATCH,
-                                    device=self.device, pairs=pairs)  # fmt: skip
+        return parallel.PairBatches(
+            tok.encode([s for s, _ in pairs]),
+            tok.encode([t for _, t in pairs]),
+            EVAL_BATCH,
+            device=self.device,
+            pairs=pairs,
+        )
 
     def has_split(self, data: str, split: str) -> bool:
         own = self.normalise_data(data) in ("", self.cfg.data.name) or data.startswith("gettext:")
@@ -153,8 +173,16 @@ class TranslateTask(Task):
         refs = [t for _, t in pairs]
         return {"bleu": metrics.bleu(outputs, refs), "chrf": metrics.chrf(outputs, refs)}
 
-    def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path,
-               beam: int = 5, length_penalty: float = 1.0) -> dict[str, Any]:  # fmt: skip
+    def report(
+        self,
+        model: nn.Module,
+        meta: dict[str, Any],
+        data: str,
+        split: str,
+        out_dir: Path,
+        beam: int = 5,
+        length_penalty: float = 1.0,
+    ) -> dict[str, Any]:
         """BLEU and chrF (overall and by source length), loss and perplexity on a split of the run's own
         corpus (or of another gettext language), or on every pair of a TSV file; writes the
         translations next to their references."""
@@ -177,15 +205,25 @@ class TranslateTask(Task):
         table = "".join(f"{s}\t{t}\t{o}\n" for (s, t), o in zip(pairs, outputs))
         written = out_dir / f"translations-{split}.tsv"
         atomic_write(written, lambda tmp: tmp.write_text("source\treference\ttranslation\n" + table, encoding="utf-8"))
-        decoding_settings = {"search": "beam" if beam > 1 else "greedy", "beam": beam, "length_penalty": length_penalty,
-                             "max_len": "2 * source subwords + 10"}  # fmt: skip
-        return {"split": split, "n": len(pairs), "metrics": result, "decoding": decoding_settings,
-                "files": [str(written)]}  # fmt: skip
+        decoding_settings = {
+            "search": "beam" if beam > 1 else "greedy",
+            "beam": beam,
+            "length_penalty": length_penalty,
+            "max_len": "2 * source subwords + 10",
+        }
+        return {
+            "split": split,
+            "n": len(pairs),
+            "metrics": result,
+            "decoding": decoding_settings,
+            "files": [str(written)],
+        }
 
     # ----- translation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def translate_ids(self, model: nn.Module, sources: list[list[int]], beam: int = 1, length_penalty: float = 1.0
-                      ) -> list[decoding.Hypothesis]:  # fmt: skip
+    def translate_ids(
+        self, model: nn.Module, sources: list[list[int]], beam: int = 1, length_penalty: float = 1.0
+    ) -> list[decoding.Hypothesis]:
         """Translations of subword sequences, in batches of similar length; greedy for beam 1. Runs in
         fp32: decoding goes one step at a time, where autocast re-casts the weights at every step."""
         model.eval()
@@ -202,8 +240,15 @@ class TranslateTask(Task):
                 out[i] = h
         return out  # type: ignore[return-value]
 
-    def translate(self, model: nn.Module, meta: dict[str, Any], texts: list[str], beam: int = 5,
-                  length_penalty: float = 1.0, attention: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    def translate(
+        self,
+        model: nn.Module,
+        meta: dict[str, Any],
+        texts: list[str],
+        beam: int = 5,
+        length_penalty: float = 1.0,
+        attention: bool = False,
+    ) -> list[dict[str, Any]]:
         """One result per text: {'source', 'translation', 'score'} (+ 'source_pieces', 'target_pieces'
         and the attention weights (target x source) with attention=True). Empty texts give empty
         translations; texts longer than the model was trained on are cut, with a warning."""
@@ -219,14 +264,18 @@ class TranslateTask(Task):
             unseen.update(tok.unseen(clean))
             encoded = tok.encode([clean])[0]
             if len(encoded) > limit:
-                warn(f"input {i + 1} has {len(encoded)} subwords, more than the {limit} the model was trained on; "
-                     f"translating its first {limit}")  # fmt: skip
+                warn(
+                    f"input {i + 1} has {len(encoded)} subwords, more than the {limit} the model was trained on; "
+                    f"translating its first {limit}"
+                )
                 encoded = encoded[:limit]
             todo.append(i)
             ids.append(encoded)
         if empty:
-            warn(f"input{'s' * (len(empty) > 1)} {', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''} "
-                 f"{'are' if len(empty) > 1 else 'is'} empty: empty translation")  # fmt: skip
+            warn(
+                f"input{'s' * (len(empty) > 1)} {', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''} "
+                f"{'are' if len(empty) > 1 else 'is'} empty: empty translation"
+            )
         if unseen:
             warn(f"characters never seen in training ({' '.join(sorted(unseen)[:20])}) are read as raw bytes")
         hyps = self.translate_ids(model, ids, beam, length_penalty) if ids else []
@@ -249,7 +298,9 @@ class TranslateTask(Task):
             weights = weights.flip(1)
         return {"target_pieces": self.tokenizer.pieces(target), "attention": weights.tolist()}
 
-    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options) -> list[dict]:
+    def predict(
+        self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options
+    ) -> list[dict]:
         return self.translate(model, meta, inputs, **options)
 
 

@@ -7,8 +7,14 @@ from pathlib import Path
 from lamina.viz.plot import pyplot, save
 
 
-def plot_attention(source: list[str], target: list[str], weights, out: str | Path, xlabel: str = "source subwords",
-                   ylabel: str = "output subwords") -> Path:  # fmt: skip
+def plot_attention(
+    source: list[str],
+    target: list[str],
+    weights,
+    out: str | Path,
+    xlabel: str = "source subwords",
+    ylabel: str = "output subwords",
+) -> Path:
     """weights: (len(target), len(source)) rows summing to 1; source along x, target down y. Long
     sources (audio frames) get a tick every few positions."""
     plt = pyplot()

@@ -23,14 +23,27 @@ def plot_confusion(cm: torch.Tensor, classes: list[str], path: Path) -> Path:
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     ax.set_title(f"confusion matrix (accuracy {float(cm.diag().sum() / cm.sum().clamp_min(1)):.2%})")
     return save(fig, path)
 
 
-def plot_errors(images: torch.Tensor, true: torch.Tensor, pred: torch.Tensor, confidence: torch.Tensor,
-                classes: list[str], path: Path) -> Path:  # fmt: skip
+def plot_errors(
+    images: torch.Tensor,
+    true: torch.Tensor,
+    pred: torch.Tensor,
+    confidence: torch.Tensor,
+    classes: list[str],
+    path: Path,
+) -> Path:
     """A grid of misclassified images (uint8, (N, C, H, W)) with their true and predicted labels."""
     plt = pyplot()
     n = len(images)
