@@ -21,7 +21,7 @@ def test_run_directory_holds_everything_needed(trained_run):
     assert info["config"]["train"]["epochs"] == 6 and "torch" in info["versions"]
     assert len(ckpt.read_jsonl(trained_run / "metrics.jsonl")) == 6
     saved = torch.load(trained_run / "trainer.pt", weights_only=True)  # no pickled code needed
-    assert {"model", "optimizer", "state", "rng"} <= set(saved)
+    assert {"model", "optimizer", "state", "ranks"} <= set(saved) and {"rng", "meter"} <= set(saved["ranks"][0])
 
 
 def test_the_tiny_model_learned_and_reloads_identically(trained_run):
@@ -42,10 +42,12 @@ def test_predict_images_of_any_size_and_mode(trained_run, tmp_path):
 
     big = Image.fromarray(pattern("columns", (48, 40), np.random.default_rng(5))).convert("RGB")
     big.save(tmp_path / "columns.jpg", quality=95)
-    results = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=2, device="cpu")
+    results = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=2, device="cpu")["results"]
     assert results[0]["predictions"][0]["label"] == "columns"
     assert len(results[0]["predictions"]) == 2
-    everything = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=9, device="cpu")[0]["predictions"]
+    everything = lamina.predict(trained_run, [tmp_path / "columns.jpg"], top_k=9, device="cpu")["results"][0][
+        "predictions"
+    ]
     assert len(everything) == 3 and sum(p["probability"] for p in everything) == pytest.approx(1, abs=1e-4)
 
 

@@ -42,7 +42,11 @@ def test_models_lists_names_parameters_and_descriptions(capsys):
         (["train", "classify", "--data", "./no/such/folder"], 1, ["does not exist"]),
         (["train", "classify", "--set", "optim.lrr=1"], 2, ["unknown setting 'optim.lrr'"]),
         (["train", "classify", "--epochs", "x"], 2, ["invalid int value"]),
-        (["train", "classify", "--resume"], 2, ["--resume needs --out"]),
+        (["train", "classify", "--resume"], 2, ["--resume needs the run to continue"]),
+        (["train"], 2, ["give the task to train"]),
+        (["train", "classify", "--reverse"], 2, ["reverse: not a setting of 'classify' runs"]),
+        (["translate", "./no/such/run", "hello"], 1, ["does not exist"]),
+        (["config", "nosuch"], 2, ["unknown task"]),
         (["evaluate", "./no/such/run"], 1, ["does not exist"]),
         (["predict", "./no/such/run", "a.png"], 1, ["does not exist"]),
         (["models", "nosuch"], 2, ["unknown task"]),
@@ -178,7 +182,7 @@ def test_unexpected_exceptions_are_one_line_too(capsys, monkeypatch):
     def broken(args):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setitem(cli.COMMANDS, "models", broken)
+    monkeypatch.setattr(cli, "cmd_models", broken)
     monkeypatch.delenv("LAMINA_DEBUG", raising=False)
     code, _, err = run_cli(capsys, "models")
     assert code == 1
@@ -252,7 +256,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_continue(capsys, tmp_path
         "data.image_size=16",
     )
     assert code == 130
-    assert f"continue with: lamina train classify --out {out_dir} --resume" in err
+    assert f"continue with: lamina train --resume {out_dir}" in err
     monkeypatch.setattr(ClassifyTask, "step", original)
-    code, out, _ = run_cli(capsys, "train", "classify", "--out", out_dir, "--resume", "--quiet")
+    code, out, _ = run_cli(capsys, "train", "--resume", out_dir, "--quiet")  # the task is read from the run
     assert code == 0 and "run saved in" in out

@@ -84,9 +84,7 @@ def test_class_selection_and_per_class_limit():
 
 def test_training_batches_are_shuffled_augmented_and_reproducible():
     data = toy_set(n_per_class=30)
-    stream = img.ImageBatches(
-        data, 16, [0.5], [0.25], torch.device("cpu"), train=True, seed=3, flip=True, crop_padding=2
-    )
+    stream = img.ImageBatches(data, 16, torch.device("cpu"), train=True, seed=3, flip=True, crop_padding=2)
     assert len(stream) == 90 // 16  # ragged last batch dropped in training
     first = list(stream.epoch(0))
     again = list(stream.epoch(0))
@@ -95,12 +93,12 @@ def test_training_batches_are_shuffled_augmented_and_reproducible():
     assert torch.equal(first[2][0], resumed[0][0])  # any batch can be regenerated alone
     assert not torch.equal(first[0][1], list(stream.epoch(1))[0][1])  # a new order each epoch
     x, y = first[0]
-    assert x.shape == (16, 1, 8, 8) and x.dtype == torch.float32
+    assert x.shape == (16, 1, 8, 8) and x.dtype == torch.uint8  # as stored: the model normalises its input
 
 
 def test_crop_shifts_each_image_by_at_most_the_padding():
     data = toy_set(n_per_class=8, classes=1)
-    stream = img.ImageBatches(data, 8, [0.0], [1.0], torch.device("cpu"), train=True, crop_padding=1)
+    stream = img.ImageBatches(data, 8, torch.device("cpu"), train=True, crop_padding=1)
     gen = torch.Generator().manual_seed(0)
     out = stream.augment(data.images, gen)
     for original, shifted in zip(data.images, out):
@@ -111,7 +109,7 @@ def test_crop_shifts_each_image_by_at_most_the_padding():
 
 def test_evaluation_batches_keep_order_and_every_sample():
     data = toy_set(n_per_class=7)
-    stream = img.ImageBatches(data, 8, [0.0], [1.0], torch.device("cpu"))
+    stream = img.ImageBatches(data, 8, torch.device("cpu"))
     labels = torch.cat([y for _, y in stream.epoch()])
     assert torch.equal(labels, data.labels)
 
@@ -155,9 +153,40 @@ def test_load_image_converts_mode_and_size(tmp_path):
 def test_random_erasing_blanks_one_rectangle_per_chosen_image():
     data = toy_set(n_per_class=16, classes=1)
     data.images.fill_(200)
-    stream = img.ImageBatches(data, 16, [0.0], [1.0], torch.device("cpu"), train=True, erase=1.0)
+    stream = img.ImageBatches(data, 16, torch.device("cpu"), train=True, erase=1.0, fill=[0.0])
     out = stream.augment(data.images, torch.Generator().manual_seed(0))
     for image in out:
         ys, xs = torch.nonzero(image[0] != 200, as_tuple=True)
         assert len(ys) >= 1  # something was erased (the fill is the mean, 0 here)
         assert len(ys) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # ...and it is one rectangle
+
+
+def test_training_batches_are_shared_between_processes_row_by_row():
+    data = toy_set(n_per_class=30)
+    stream = img.ImageBatches(data, 16, torch.device("cpu"), train=True, seed=3, flip=True, crop_padding=2)
+    whole = list(stream.epoch(1))
+    parts = [list(stream.epoch(1, 0, rank, 3)) for rank in range(3)]
+    for b, (x, y) in enumerate(whole):  # every global batch cut into three, augmentation as in one process
+        assert torch.equal(torch.cat([p[b][0] for p in parts]), x) and torch.equal(
+            torch.cat([p[b][1] for p in parts]), y
+        )
+    evaluation = img.ImageBatches(data, 16, torch.device("cpu"))
+    dealt = [[y for _, y in evaluation.epoch(0, 0, rank, 2)] for rank in range(2)]
+    assert [len(d) for d in dealt] == [3, 3]  # batches dealt round-robin, each sample in one share
+    assert torch.equal(torch.cat([t for pair in zip(*dealt) for t in pair]), data.labels)
+
+
+def test_in_memory_images_read_as_files_do(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    array = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "a.png")
+    from_file = img.load_image(tmp_path / "a.png", 3, 16)
+    assert torch.equal(img.load_image(Image.fromarray(array), 3, 16), from_file)
+    assert torch.equal(img.load_image(array, 3, 16), from_file)
+    assert torch.equal(img.load_image(torch.from_numpy(array).permute(2, 0, 1), 3, 16), from_file)
+    floats = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    assert torch.equal(img.load_image(floats, 3, 16), from_file)
+    with pytest.raises(LaminaError, match="must be"):
+        img.load_image(np.zeros((2, 3, 4, 5), np.uint8), 3, 16)

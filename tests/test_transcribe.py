@@ -15,7 +15,12 @@ from conftest import CPU
 from lamina.data import audio, speech
 from lamina.errors import LaminaError
 from lamina.models import get_model, list_models
-from lamina.models.speech import BLANK, Listener, ctc_beam, ctc_greedy
+from lamina.data.batching import pad
+from lamina.data.vocab import BOS, EOS
+from lamina.models.ctc import BLANK
+from lamina.models.ctc import beam as ctc_beam
+from lamina.models.ctc import greedy as ctc_greedy
+from lamina.models.speech import Listener
 from test_cli import assert_one_line_error, run_cli
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -174,7 +179,7 @@ def test_joint_ctc_head_reads_25_frames_a_second():
     model = get_model("transcribe", "joint", vocab_size=audio.VOCAB, n_mels=16, hidden=32)
     text = audio.encode_text("the quick brown fox jumps")  # 25 characters
     feats, lengths = torch.randn(1, 100, 16), torch.tensor([100])  # 1 second of frames
-    tgt_in, tgt_out = speech.pad([[audio.BOS, *text]]), speech.pad([[*text, audio.EOS]])
+    tgt_in, tgt_out = pad([[BOS, *text]]), pad([[*text, EOS]])
     model.ctc_weight = 1.0  # the CTC term alone
     _, loss = model(feats, lengths, tgt_in, tgt_out)
     assert loss.item() > 0  # 25 listener frames align 25 characters; 12 would give a zeroed loss
@@ -186,8 +191,8 @@ def test_every_recognizer_trains_and_decodes(name):
     model = get_model("transcribe", name, vocab_size=audio.VOCAB, n_mels=16, hidden=32)
     feats, lengths = torch.randn(3, 64, 16), torch.tensor([64, 50, 33])
     tgt = [audio.encode_text(t) for t in ("ab", "cab", "a")]
-    tgt_in = speech.pad([[audio.BOS, *t] for t in tgt])
-    tgt_out = speech.pad([[*t, audio.EOS] for t in tgt])
+    tgt_in = pad([[BOS, *t] for t in tgt])
+    tgt_out = pad([[*t, EOS] for t in tgt])
     _, loss = model(feats, lengths, tgt_in, tgt_out)
     assert torch.isfinite(loss)
     loss.backward()
@@ -210,7 +215,7 @@ def test_recognizers_overfit_one_batch(name, options):
             feats[i, 20 * j + 2 : 20 * j + 18, "abc".index(c) * 2] += 3.0
     lengths = torch.full((4,), 80)
     tgt = [audio.encode_text(t) for t in texts]
-    tgt_in, tgt_out = speech.pad([[audio.BOS, *t] for t in tgt]), speech.pad([[*t, audio.EOS] for t in tgt])
+    tgt_in, tgt_out = pad([[BOS, *t] for t in tgt]), pad([[*t, EOS] for t in tgt])
     model = get_model("transcribe", name, vocab_size=audio.VOCAB, n_mels=8, hidden=64, dropout=0.0, **options)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(500):
@@ -234,7 +239,7 @@ def test_ctc_greedy_merges_repeats_then_drops_blanks():
     assert ctc_greedy(log_probs, torch.tensor([3]))[0].tokens == [a]  # frames beyond the length are ignored
     short = ctc_greedy(log_probs, torch.tensor([3]))[0].score
     assert short == pytest.approx(log_probs[0, :3].max(-1).values.sum().item())  # and left out of the score
-    assert ctc_beam(log_probs[0], 8, beam=4).tokens == [a, a, b]
+    assert ctc_beam(log_probs[0], 8, width=4).tokens == [a, a, b]
 
 
 def test_ctc_beam_search_sums_the_alignments_of_one_text():
@@ -245,7 +250,7 @@ def test_ctc_beam_search_sums_the_alignments_of_one_text():
     probs[:, BLANK], probs[:, a], probs[:, b] = 0.4, 0.35, 0.25
     log_probs = probs.log()
     assert ctc_greedy(log_probs[None], torch.tensor([2]))[0].tokens == []
-    best = ctc_beam(log_probs, 2, beam=8)
+    best = ctc_beam(log_probs, 2, width=8)
     assert best.tokens == [a]
     assert math.isclose(math.exp(best.score), 0.4025, rel_tol=1e-4)
 
@@ -259,7 +264,6 @@ def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
         root=tmp_path / "corpus",
         sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
         workers=1,
-        quiet=True,
     )
     rows = [json.loads(line) for line in (root / "utterances.jsonl").read_text().splitlines()]
     by_split = {s: [r for r in rows if r["split"] == s] for s in speech.SPLITS}
@@ -277,7 +281,6 @@ def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
         root=tmp_path / "again",
         sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
         workers=2,
-        quiet=True,
     )
     first = root / by_split["test"][5]["path"]
     assert np.array_equal(
@@ -294,7 +297,6 @@ def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
                 root=again,
                 sentences=SENTENCES * 3 + [f"say the number {i}" for i in range(60)],
                 workers=1,
-                quiet=True,
             )
             / "corpus.json"
         ).read_text()
@@ -317,7 +319,7 @@ def speech_run(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     base = tmp_path_factory.mktemp("speech")
-    root = speech.build(48, seed=0, root=base / "corpus", sentences=SENTENCES, workers=2, quiet=True)
+    root = speech.build(48, seed=0, root=base / "corpus", sentences=SENTENCES, workers=2)
     out = base / "run"
     summary = lamina.train(
         "transcribe", data=str(root), model="las", epochs=2, batch_size=8, out=str(out), quiet=True, sets=TINY
@@ -332,8 +334,8 @@ def test_train_save_load_transcribe_end_to_end(speech_run, tmp_path):
     )
     run = lamina.load(summary["run"])
     files = sorted((root / "audio" / "test").glob("*.flac"))[:3]
-    first = run.transcribe(files)
-    again = lamina.load(summary["run"]).transcribe(files)
+    first = run.transcribe(files)["results"]
+    again = lamina.load(summary["run"]).transcribe(files)["results"]
     assert [r["transcript"] for r in first] == [r["transcript"] for r in again]  # reloaded: same outputs
     assert all(set(r["transcript"]) <= set(audio.CHARS) and r["real_time_factor"] > 0 for r in first)
     result = run.evaluate(data=str(root / "test.tsv"))
@@ -363,8 +365,8 @@ def test_transcribe_cli_goes_past_bad_files(speech_run, tmp_path, capsys):
     )
     assert code == 1
     result = json.loads(out)
-    assert [("error" in r) for r in result["transcripts"]] == [False, True, False]
-    assert result["transcripts"][2]["transcript"] == "" and "silent" in err
+    assert [("error" in r) for r in result["results"]] == [False, True, False]
+    assert result["results"][2]["transcript"] == "" and "silent" in err
     assert "not a readable audio file" in err and "Traceback" not in err
     assert (tmp_path / "att.png").is_file()
     code, out, err = run_cli(capsys, "predict", summary["run"], str(good))
@@ -397,9 +399,9 @@ def test_long_files_are_chunked_and_over_long_files_refused(speech_run, tmp_path
     first = audio.read_audio(sorted((root / "audio" / "test").glob("*.flac"))[0])
     gap = np.zeros(audio.SAMPLE_RATE // 2, np.float32)
     long_file = write_wav(tmp_path / "long.wav", np.concatenate([first, gap] * 6), audio.SAMPLE_RATE)
-    result = lamina.transcribe(summary["run"], [long_file])[0]
+    result = lamina.transcribe(summary["run"], [long_file])["results"][0]
     assert "error" not in result and result["audio_seconds"] > 6 * audio.seconds(first)
     assert "chunks" in capsys.readouterr().err
     monkeypatch.setattr(audio, "MAX_SECONDS", 2.0)
-    result = lamina.transcribe(summary["run"], [long_file])[0]
+    result = lamina.transcribe(summary["run"], [long_file])["results"][0]
     assert "limit" in result["error"] and "\n" not in result["error"]

@@ -13,6 +13,7 @@ import torch
 import lamina
 from conftest import CPU
 from lamina.data import parallel
+from lamina.data.vocab import BOS, EOS, PAD, Tokenizer
 from lamina.engine import checkpoint as ckpt
 from lamina.errors import LaminaError, UsageError
 from lamina.models import decoding, get_model, list_models
@@ -222,12 +223,12 @@ def test_tsv_reader_skips_malformed_lines_with_their_numbers(tmp_path, capsys):
 
 def test_tokenizer_round_trip_and_unseen_characters():
     texts = [t for pair in toy_pairs(200) for t in pair] + ["Ouvrir « %s » : échec"]
-    tok = parallel.Tokenizer.train(texts, 300)
+    tok = Tokenizer.train(texts, 300)
     for text in ["the big cat eats", "Ouvrir « %s » : échec"]:
         assert tok.decode(tok.encode([text])[0]) == text
     assert tok.unseen("the ☃ cat 日") == ["☃", "日"]
     assert tok.decode(tok.encode(["the ☃ cat"])[0]) == "the ☃ cat"  # spelled as bytes, not lost
-    assert parallel.Tokenizer(tok.model_bytes).encode(["the cat"]) == tok.encode(["the cat"])
+    assert Tokenizer(tok.model_bytes).encode(["the cat"]) == tok.encode(["the cat"])
 
 
 def test_length_bucketed_batches_are_reproducible_and_cover_every_pair():
@@ -238,9 +239,9 @@ def test_length_bucketed_batches_are_reproducible_and_cover_every_pair():
     order = batches.order(1)
     assert sorted(i for b in order for i in b) == list(range(500)) and order == batches.order(1) != batches.order(2)
     src, tgt_in, tgt_out = next(batches.epoch(1, start=2))
-    assert src.shape[0] == len(order[2]) and (tgt_in[:, 0] == parallel.BOS).all()
-    assert ((tgt_out == parallel.EOS).sum(1) == 1).all() and ((src == parallel.EOS).sum(1) == 1).all()
-    pad_share = sum((b[0] == parallel.PAD).float().mean() for b in batches.epoch(1)) / len(batches)
+    assert src.shape[0] == len(order[2]) and (tgt_in[:, 0] == BOS).all()
+    assert ((tgt_out == EOS).sum(1) == 1).all() and ((src == EOS).sum(1) == 1).all()
+    pad_share = sum((b[0] == PAD).float().mean() for b in batches.epoch(1)) / len(batches)
     assert pad_share < 0.2  # sorted pools: far less padding than random batches (about 0.5 here)
 
 
@@ -267,7 +268,7 @@ def test_translation_models_are_registered():
 def test_every_translation_model_trains_on_tiny_input(name, kwargs):
     model = tiny_model(name, **kwargs).train()
     src, tgt = torch.randint(4, 40, (3, 7)), torch.randint(4, 40, (3, 5))
-    src[0, 5:] = parallel.PAD
+    src[0, 5:] = PAD
     logits, loss = model(src, tgt, tgt)
     assert logits.shape == (3, 5, 40) and torch.isfinite(loss)
     loss.backward()
@@ -303,7 +304,7 @@ def test_attention_weights_sum_to_one_over_real_source_tokens(score):
 def test_beam_search_of_width_one_is_greedy_search(name, kwargs):
     model = tiny_model(name, **kwargs)
     with torch.no_grad():  # make EOS likely enough that some sentences end before the length limit
-        model.head.bias[parallel.EOS] += 2.5
+        model.head.bias[EOS] += 2.5
     src = torch.tensor([[7, 8, 9, 3, 0, 0], [11, 12, 13, 14, 15, 3], [5, 3, 0, 0, 0, 0]])
     memory, state = model.encode(src)
     greedy = decoding.greedy(model, memory, state, 12)
@@ -312,7 +313,7 @@ def test_beam_search_of_width_one_is_greedy_search(name, kwargs):
     assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-5)
     assert any(len(h.tokens) < 12 for h in greedy)  # some end at EOS (others may run to the limit)
     wide = decoding.beam_search(model, memory, state, 4, 12)
-    assert len(wide) == 3 and all(len(h.tokens) <= 12 and parallel.EOS not in h.tokens for h in wide)
+    assert len(wide) == 3 and all(len(h.tokens) <= 12 and EOS not in h.tokens for h in wide)
     if name == "attention":
         assert all(h.attention.shape == (len(h.tokens) + (len(h.tokens) < 12), 6) for h in wide)
 
@@ -323,7 +324,7 @@ def test_beam_scores_are_the_models_own_log_probabilities(alpha):
     divided by length ** alpha; and a wider beam never returns a worse-scored sentence than greedy."""
     model = tiny_model("attention")
     with torch.no_grad():
-        model.head.bias[parallel.EOS] += 2.5
+        model.head.bias[EOS] += 2.5
     src = torch.tensor([[7, 8, 9, 3, 0, 0], [11, 12, 13, 14, 15, 3], [5, 3, 0, 0, 0, 0]])
     memory, state = model.encode(src)
     greedy = decoding.greedy(model, memory, state, 12, alpha)
@@ -333,7 +334,7 @@ def test_beam_scores_are_the_models_own_log_probabilities(alpha):
         assert h.score >= greedy[i].score - 1e-5
         if len(h.tokens) == 12:  # ran to the limit: no EOS to score
             continue
-        tgt_in, tgt_out = torch.tensor([[parallel.BOS, *h.tokens]]), torch.tensor([[*h.tokens, parallel.EOS]])
+        tgt_in, tgt_out = torch.tensor([[BOS, *h.tokens]]), torch.tensor([[*h.tokens, EOS]])
         with torch.no_grad():
             logits, _ = model(src[i : i + 1], tgt_in)
         logp = logits.log_softmax(-1).gather(-1, tgt_out[..., None]).sum()
@@ -355,7 +356,7 @@ class ScriptedDecoder:
     def decode_step(self, tokens, state, memory):
         rows = []
         for prefix_id, token in zip(state[0, :, 0].long().tolist(), tokens.tolist()):
-            prefix = self.prefixes[prefix_id] + ((token,) if token != parallel.BOS else ())
+            prefix = self.prefixes[prefix_id] + ((token,) if token != BOS else ())
             self.prefixes.append(prefix)
             rows.append(len(self.prefixes) - 1)
         probs = torch.full((len(rows), 8), 1e-9)
@@ -420,11 +421,11 @@ def test_tiny_corpus_end_to_end(nmt_run, capsys, tmp_path):
     assert (run_dir / "tokenizer.model").is_file() and nmt_run["status"] == "complete"
     assert nmt_run["metrics"]["test"]["bleu"] > 90  # the toy language is learnt
     run = lamina.load(run_dir)
-    [result] = run.translate(["the big dog sees the file"], beam=5)
+    [result] = run.translate(["the big dog sees the file"], beam=5)["results"]
     assert result["translation"] == "le grand chien voit le fichier"
     code, out, _ = run_cli(capsys, "translate", run_dir, "the cat", "small dog", "--beam", "1", "--json")
     got = json.loads(out)
-    assert code == 0 and [t["translation"] for t in got["translations"]] == ["le chat", "petit chien"]
+    assert code == 0 and [t["translation"] for t in got["results"]] == ["le chat", "petit chien"]
     code, out, err = run_cli(capsys, "evaluate", run_dir, "--json", "--beam", "3")
     evaluated = json.loads(out)
     assert evaluated["split"] == "test" and evaluated["decoding"]["beam"] == 3 and evaluated["metrics"]["bleu"] > 90
@@ -452,12 +453,12 @@ def test_attention_map_is_drawn(nmt_run, capsys, tmp_path):
     assert code == 0 and out.stat().st_size > 1000
     run = lamina.load(nmt_run["run"])
     for beam in (1, 3):  # two sentences of different lengths share a batch: each map has its own size
-        results = run.translate(["the cat", "the small red dog sees"], beam=beam, attention=True)
+        results = run.translate(["the cat", "the small red dog sees"], beam=beam, attention=True)["results"]
         for result in results:
             weights = torch.tensor(result["attention"])
             assert (
                 result["target_pieces"][-1] == "</s>"
-                and len(result["source_pieces"]) == len(run.task.tokenizer.encode([result["source"]])[0]) + 1
+                and len(result["source_pieces"]) == len(run.task.tokenizer.encode([result["input"]])[0]) + 1
             )
             assert weights.shape == (len(result["target_pieces"]), len(result["source_pieces"]))
             assert torch.allclose(weights.sum(1), torch.ones(len(weights)), atol=1e-4)
@@ -490,8 +491,8 @@ def test_seq2seq_trains_and_has_no_attention_to_draw(toy_tsv, capsys, tmp_path):
 
 def test_translate_errors(nmt_run, trained_run, capsys):
     code, _, err = run_cli(capsys, "translate", trained_run, "hello")
-    assert code == 1
-    assert_one_line_error(err, "is a 'classify' run, not a 'translate' run")
+    assert code == 2
+    assert_one_line_error(err, "a classify run does not translate (that is what translate runs do)")
     code, _, err = run_cli(capsys, "translate", nmt_run["run"], "hello", "--beam", "0")
     assert code == 2
     assert_one_line_error(err, "--beam must be at least 1")

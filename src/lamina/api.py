@@ -1,19 +1,20 @@
-"""The Python API: what the CLI (and later the server) call.
+"""The Python API: what the CLI (and later the server) call. It names no task: everything
+task-specific comes from the task's declarations (lamina.tasks.base).
 
-import lamina
-result = lamina.train("classify", data="fashion-mnist", epochs=3, out="runs/fmnist")
-run = lamina.load("runs/fmnist")
-run.evaluate(split="test")["metrics"]["accuracy"]
-run.predict(["shoe.png"], top_k=3)
+    import lamina
+    result = lamina.train("classify", data="fashion-mnist", epochs=3, out="runs/fmnist")
+    run = lamina.load("runs/fmnist")
+    run.evaluate(split="test")["metrics"]["accuracy"]
+    run.predict(["shoe.png"], top_k=3)["results"]
+    lamina.load("runs/fr").translate(["Open the file"])["results"][0]["translation"]   # a task's verb
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,39 +23,32 @@ import torch
 from torch import nn
 
 from lamina import config as config_mod
+from lamina.commands import Verb
 from lamina.config import RunConfig
 from lamina.engine import checkpoint as ckpt
+from lamina.engine import log
 from lamina.engine.device import Precision, resolve_amp, resolve_device
+from lamina.engine.distributed import Distributed
 from lamina.engine.loop import NonFiniteLoss, Trainer
-from lamina.errors import LaminaError, UsageError
+from lamina.errors import LaminaError, Reported, UsageError
 from lamina.models.registry import check_options, count_parameters, get_model
-from lamina.tasks import Task, get_task
+from lamina.tasks import Task, get_task, list_tasks
 
-# Keyword arguments of train() (and CLI flags) -> dotted config keys.
-SETTINGS = {
-    "data": "data.name",
-    "model": "model.name",
-    "epochs": "train.epochs",
-    "time_budget": "train.time_budget",
-    "batch_size": "train.batch_size",
-    "lr": "optim.lr",
-    "optimizer": "optim.name",
-    "schedule": "optim.schedule",
-    "seed": "train.seed",
-    "device": "train.device",
-    "amp": "train.amp",
-    "val": "data.val",
-    "catalogs": "data.catalogs",
-    "reverse": "data.reverse",
-    "init": "train.init",
-    "freeze": "train.freeze",
-    "quiet": "train.quiet",
-}
+
+def find_verb(name: str, group: str = "") -> tuple[type[Task], Verb] | None:
+    """The task that declares the verb `name` (in `group`), and the verb."""
+    for task_cls in list_tasks():
+        for verb in task_cls.verbs:
+            if (verb.name == name or verb.attr == name) and verb.group == group:
+                return task_cls, verb
+    return None
 
 
 @dataclass
 class Run:
-    """A trained model loaded from its run directory, ready to evaluate and predict."""
+    """A trained model loaded from its run directory, ready to evaluate, predict, and do what its task
+    declares (run.translate(...), run.transcribe(...), run.generate(...)): each returns one dict,
+    the shape `--json` prints."""
 
     path: Path
     info: dict[str, Any]
@@ -70,56 +64,55 @@ class Run:
         self, data: str | None = None, split: str | None = None, out_dir: str | Path | None = None, **options
     ) -> dict:
         """Full metrics on a split (default: test where the data has one, else validation) plus plots.
-        `options`: the task's own (translate: beam, length_penalty)."""
+        `options`: the task's own (its evaluate_args, e.g. translate: beam, length_penalty)."""
         data = data or self.config.data.name
         out_dir = Path(out_dir) if out_dir else self.path
         if split is None:
             split = "test" if self.task.has_split(data, "test") else "val"
-        for option in options:
-            if option not in inspect.signature(self.task.report).parameters:
-                raise UsageError(f"--{option.replace('_', '-')} does not apply to a {self.task.name} run")
+        self._check_options("evaluate", options, self.task.evaluate_args)
         result = self.task.report(self.model, self.meta, data, split, out_dir, **options)
         return {"task": self.task.name, "run": str(self.path), "data": data, "split": split, **result}
 
-    def predict(self, inputs: list[str], **options) -> list[dict[str, Any]]:
-        return self.task.predict(self.model, self.meta, [str(i) for i in inputs], **options)
+    def predict(self, inputs: list, **options) -> dict[str, Any]:
+        """{'task', 'run', 'results': one dict per input}. Inputs are what the task reads: file paths
+        or in-memory images / waveforms / texts; a bad input gets {'input', 'error'}, the others go on."""
+        self._check_options("predict", options, self.task.predict_args)
+        return {
+            "task": self.task.name,
+            "run": str(self.path),
+            **self.task.predict(self.model, self.meta, list(inputs), **options),
+        }
 
-    def translate(
-        self, texts: list[str], beam: int = 5, length_penalty: float = 1.0, attention: bool = False
-    ) -> list[dict[str, Any]]:
-        """Translations of `texts` (translate runs): greedy for beam 1, else beam search."""
-        if not hasattr(self.task, "translate"):
-            raise UsageError(f"a {self.task.name} run does not translate (that is what translate runs do)")
-        return self.task.translate(self.model, self.meta, list(texts), beam, length_penalty, attention)
+    def call(self, name: str, *args, **arguments) -> dict[str, Any]:
+        """Run the verb `name` that this run's task declares."""
+        verb = next((v for v in self.task.verbs if (v.name == name or v.attr == name) and not v.runs), None)
+        if verb is None:
+            owner = find_verb(name)
+            doer = f" (that is what {owner[0].name} runs do)" if owner else ""
+            raise UsageError(f"a {self.task.name} run does not {name}{doer}")
+        return getattr(self.task, verb.attr)(self.model, self.meta, *args, **arguments)
 
-    def transcribe(self, files: list[str | Path], beam: int = 1, attention: bool = False) -> list[dict[str, Any]]:
-        """Transcripts of audio files (transcribe runs); a bad file gets {'file', 'error'}."""
-        if not hasattr(self.task, "transcribe"):
-            raise UsageError(f"a {self.task.name} run does not transcribe audio (that is what transcribe runs do)")
-        return self.task.transcribe(self.model, self.meta, [str(f) for f in files], beam, attention)
+    def __getattr__(self, name: str):
+        if name.startswith("_") or find_verb(name) is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return functools.partial(self.call, name)
 
-    def generate(self, prompt: str = "", length: int = 500, **options) -> Iterator[str]:
-        """Text after `prompt`, piece by piece as it is produced (tasks that generate: lm)."""
-        if not hasattr(self.task, "generate"):
-            raise UsageError(f"a {self.task.name} run does not generate text (that is what lm runs do)")
-        return self.task.generate(self.model, self.meta, prompt, length, **options)
-
-
-def _build(task: Task, name: str, args: dict[str, Any], device: torch.device) -> nn.Module:
-    model = get_model(task.name, name, **args)
-    if task.cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # only 4-D weights change; a no-op for MLPs
-    return model.to(device)
+    def _check_options(self, what: str, options: dict, declared) -> None:
+        known = {a.dest for a in declared}
+        for option in options:
+            if option not in known:
+                raise UsageError(f"--{option.replace('_', '-')} does not apply to a {self.task.name} run ({what})")
 
 
 def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> Run:
     run_dir = Path(run_dir)
     info = ckpt.read_run(run_dir, task=task)
-    cfg = config_mod.from_dict(info.get("config", {}))
+    task_cls = get_task(info["task"])
+    cfg = config_mod.from_dict(info.get("config", {}), task_cls.Data)
     dev = resolve_device(device)
     # A run trained with fp16 on a GPU is still usable here: inference picks what this device does well.
     amp = "auto" if cfg.train.amp == "fp16" and dev.type != "cuda" else cfg.train.amp
-    task_obj = get_task(info["task"])(cfg, dev, Precision(resolve_amp(amp, dev), dev), run_dir)
+    task_obj = task_cls(cfg, dev, Precision(resolve_amp(amp, dev), dev), run_dir)
     model = _build(task_obj, info["model"]["name"], info["model"]["args"], dev)
     try:
         model.load_state_dict(ckpt.load_weights(run_dir / ckpt.WEIGHTS_FILE, dev))
@@ -132,53 +125,44 @@ def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> 
     return Run(run_dir, info, cfg, task_obj, model)
 
 
+def _load_each(runs, device: str) -> list[Run]:
+    return [r if isinstance(r, Run) else load(r, device) for r in runs]
+
+
 def evaluate(
     run: str | Path | Run, data: str | None = None, split: str | None = None, device: str = "auto", **options
 ) -> dict:
-    run = run if isinstance(run, Run) else load(run, device)
-    return run.evaluate(data, split, **options)
+    return _load_each([run], device)[0].evaluate(data, split, **options)
 
 
-def translate(run: str | Path | Run, texts: list[str], beam: int = 5, device: str = "auto", **options) -> list[dict]:
-    run = run if isinstance(run, Run) else load(run, device)
-    return run.translate(texts, beam, **options)
+def predict(run: str | Path | Run, inputs: list, device: str = "auto", **options) -> dict[str, Any]:
+    return _load_each([run], device)[0].predict(inputs, **options)
 
 
-def transcribe(run: str | Path | Run, files: list[str | Path], beam: int = 1, device: str = "auto") -> list[dict]:
-    run = run if isinstance(run, Run) else load(run, device)
-    return run.transcribe(files, beam)
+def call(name: str, run: str | Path | Run, *args, device: str = "auto", **arguments) -> dict[str, Any]:
+    """lamina.<verb>(run, ...): load the run (unless given a Run) and do the verb."""
+    return _load_each([run], device)[0].call(name, *args, **arguments)
 
 
-def predict(run: str | Path | Run, inputs: list[str], device: str = "auto", **options) -> list[dict[str, Any]]:
-    run = run if isinstance(run, Run) else load(run, device)
-    return run.predict(inputs, **options)
+def inspect(what: str, runs: list, device: str = "cpu", **options) -> dict[str, Any]:
+    """lamina inspect WHAT RUN...: a view of one or more runs, e.g. inspect('gradients', [lstm, rnn])."""
+    found = find_verb(what, "inspect")
+    if found is None:
+        names = sorted(v.name for t in list_tasks() for v in t.verbs if v.group == "inspect")
+        raise UsageError(f"nothing to inspect called {what!r}; choose from: {', '.join(names)}")
+    task_cls, verb = found
+    loaded = [load(r, device, task=task_cls.name) if not isinstance(r, Run) else r for r in runs]
+    return getattr(loaded[0].task, verb.attr)(loaded, **options)
 
 
-def inspect_gradients(
-    runs: list[str | Path], steps: int = 200, rows: int = 16, out: str | Path = "gradient-flow.png", device: str = "cpu"
-) -> dict[str, Any]:
-    """How far back the loss gradient reaches in each language-model run; plots the curves to `out`."""
-    from lamina.viz.gradient_flow import plot_gradient_flow
-
-    if steps < 1 or rows < 1:
-        raise UsageError("--steps and --rows must be at least 1")
-    curves: dict[str, list[float]] = {}
-    for path in runs:
-        run = load(path, device, task="lm")
-        label = f"{Path(path).name} ({run.info['model']['name']})"
-        if label in curves:  # runs of the same name in different folders
-            label = f"{path} ({run.info['model']['name']})"
-        curves[label] = run.task.gradient_flow(run.model, run.meta, steps, rows)
-    plot = plot_gradient_flow(curves, Path(out))
-    return {"steps": steps, "rows": rows, "curves": curves, "plot": str(plot)}
+def _build(task: Task, name: str, args: dict[str, Any], device: torch.device) -> nn.Module:
+    model = get_model(task.name, name, **args)
+    if task.cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # only 4-D weights change; a no-op for MLPs
+    return model.to(device)
 
 
-def generate(run: str | Path | Run, prompt: str = "", length: int = 500, device: str = "auto", **options) -> str:
-    """The whole generated text (use Run.generate to stream it)."""
-    run = run if isinstance(run, Run) else load(run, device)
-    return "".join(run.generate(prompt, length, **options))
-
-
+# ----- training ---------------------------------------------------------------------------------------
 def _new_run_dir(out: str | Path | None, cfg: RunConfig) -> tuple[Path, bool]:
     """(run directory, chosen automatically?): --out if given, refusing to overwrite anything, else
     runs/<task>-<data>-<model>[-N]. Nothing is created yet: that waits until the data has loaded."""
@@ -229,55 +213,47 @@ def _claim(run_dir: Path, automatic: bool) -> Path:
             raise LaminaError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
 
 
-# Settings that decide the data order, the model or the optimizer: a resumed run must keep them.
-FIXED_ON_RESUME = ("data.", "model.", "train.batch_size", "train.seed", "train.init", "train.freeze", "optim.name")
-
-
-def _resolve_config(task_cls: type[Task], out, resume: bool, config_file, flags, sets) -> tuple[RunConfig, Path, bool]:
-    """The run's configuration, its directory, and whether that directory was named automatically."""
+def _resolve_config(
+    task_cls: type[Task], out, resume: bool, config_file, flags, sets, main: bool = True
+) -> tuple[RunConfig, Path, bool]:
+    """The run's configuration, its directory, and whether that directory was named automatically
+    (only the main process looks for one: the others are told which it took)."""
+    layers = dict(data=task_cls.Data, config_file=config_file, flags=flags, sets=sets)
     if resume:
-        if out is None:
-            raise UsageError("--resume needs --out RUN: the run directory to continue")
         info = ckpt.read_run(out, task=task_cls.name, need_weights=False)
-        base = config_mod.from_dict(info.get("config", {}))
-        cfg = _normalise(
-            task_cls, config_mod.resolve(task_cls.defaults, base=base, config_file=config_file, flags=flags, sets=sets)
-        )
+        base = config_mod.from_dict(info.get("config", {}), task_cls.Data)
+        cfg = _normalise(task_cls, config_mod.resolve(task_cls.defaults, base=base, **layers))
         before, after = config_mod.flatten(base.to_dict()), config_mod.flatten(cfg.to_dict())
-        changed = sorted(
-            k for k in set(before) | set(after) if k.startswith(FIXED_ON_RESUME) and before.get(k) != after.get(k)
-        )
+        fixed = task_cls.fixed_on_resume
+        changed = sorted(k for k in set(before) | set(after) if k.startswith(fixed) and before.get(k) != after.get(k))
         if changed:
             raise UsageError(f"cannot change {', '.join(changed)} when resuming; start a new run instead")
         return cfg, Path(out), False
-    cfg = config_mod.resolve(task_cls.defaults, config_file=config_file, flags=flags, sets=sets)
+    cfg = config_mod.resolve(task_cls.defaults, **layers)
     if cfg.train.init:
-        # Transfer: the initialising run's architecture is the default, under everything the user set.
-        init = ckpt.read_run(cfg.train.init, task=task_cls.name)
-        fixed = ("in_channels", "num_classes", "image_size")
-        inherited = {"model.name": init["model"]["name"]}
-        inherited.update({f"model.{k}": v for k, v in init["model"]["args"].items() if k not in fixed})
-        cfg = config_mod.resolve({**task_cls.defaults, **inherited}, config_file=config_file, flags=flags, sets=sets)
+        if not task_cls.transfer:
+            raise UsageError(f"task {task_cls.name!r} does not support --init (transfer from another run)")
+        # Transfer: the initialising run's model (its name and the options it was given) is the default,
+        # under everything the user set; what the data decides (classes, channels) is decided anew.
+        init = config_mod.from_dict(ckpt.read_run(cfg.train.init, task=task_cls.name).get("config", {}))
+        inherited = {"model.name": init.model.name, **{f"model.{k}": v for k, v in init.model.args.items()}}
+        cfg = config_mod.resolve({**task_cls.defaults, **inherited}, **layers)
     check_options(task_cls.name, cfg.model.name, cfg.model.args)  # unknown models and options: before any data is read
     cfg = _normalise(task_cls, cfg)
-    return (cfg, *_new_run_dir(out, cfg))
+    return (cfg, *_new_run_dir(out, cfg)) if main else (cfg, Path(out or "."), False)
 
 
 def _normalise(task_cls: type[Task], cfg: RunConfig) -> RunConfig:
     """Paths saved in the run are absolute, so the run works from any working directory."""
     cfg.task = task_cls.name
     cfg.data.name = task_cls.normalise_data(cfg.data.name)
-    if cfg.train.init:
-        cfg.train.init = str(Path(cfg.train.init).expanduser().resolve())
-    for name in ("val", "catalogs"):
-        if getattr(cfg.data, name):
-            setattr(cfg.data, name, str(Path(getattr(cfg.data, name)).expanduser().resolve()))
+    config_mod.make_paths_absolute(cfg)
     return cfg
 
 
-def _check_same_data(run_dir: Path, saved: dict[str, Any], meta: dict[str, Any]) -> None:
+def _check_same_data(task_cls: type[Task], run_dir: Path, saved: dict[str, Any], meta: dict[str, Any]) -> None:
     """Resuming on different data would silently change the data order."""
-    differ = [k for k in ("classes", "channels", "image_size", "vocab") if k in saved and saved[k] != meta.get(k)]
+    differ = [k for k in task_cls.resume_keys if k in saved and saved[k] != meta.get(k)]
     recorded = {k: v for k, v in saved.get("data", {}).items() if k in ("train", "val", "test", "sha256")}
     differ += [k for k, v in recorded.items() if meta.get("data", {}).get(k) != v]
     if differ:
@@ -287,52 +263,67 @@ def _check_same_data(run_dir: Path, saved: dict[str, Any], meta: dict[str, Any])
         )
 
 
+def settings_keys(task_cls: type[Task]) -> dict[str, str]:
+    """Keyword arguments of train() (the --flags, without their dashes) -> dotted setting keys."""
+    return {flag.lstrip("-").replace("-", "_"): key for key, flag in config_mod.flags(task_cls.Data).items()}
+
+
 def train(
-    task: str,
+    task: str | None = None,
     *,
     out: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     started: float | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
-    """Train a model for `task`; settings are the keys of SETTINGS (data=..., epochs=..., lr=...).
+    """Train a model for `task`; settings are its train flags (data=..., epochs=..., lr=...; see
+    `lamina config TASK`). resume=RUN (or resume=True with out=RUN) continues a run where it stopped,
+    the task read from it. Under torchrun, every process calls this and trains its share.
 
     The time budget counts from `started` (a time.monotonic() value; default: now), so data loading,
     evaluation and saving are all inside it. Returns a summary: run directory, status, best
     validation and test metrics, timings.
     """
     started = time.monotonic() if started is None else started
+    if resume not in (False, True):
+        out, resume = resume, True
+    if resume and out is None:
+        raise UsageError("--resume needs the run to continue: --resume RUN (or --out RUN --resume)")
+    if task is None:
+        if not resume:
+            raise UsageError("give the task to train (e.g. lamina train classify), or --resume RUN")
+        task = ckpt.read_run(out, need_weights=False)["task"]
     task_cls = get_task(task)
-    unknown = set(settings) - set(SETTINGS)
+    keys = settings_keys(task_cls)
+    unknown = sorted(set(settings) - set(keys))
     if unknown:
-        raise UsageError(f"unknown train() argument(s): {', '.join(sorted(unknown))}")
-    flags = {SETTINGS[k]: v for k, v in settings.items()}
-    cfg, run_dir, automatic = _resolve_config(task_cls, out, resume, config_file, flags, sets)
+        raise UsageError(f"{', '.join(unknown)}: not a setting of {task!r} runs (see: lamina config {task})")
+    flags = {keys[k]: v for k, v in settings.items()}
+    dist = Distributed.from_environment()
+    cfg, run_dir, automatic = _resolve_config(task_cls, out, resume, config_file, flags, sets, dist.main)
+    device = dist.device(resolve_device(cfg.train.device))
+    dist.start(device)
+    try:
+        with log.quiet(cfg.train.quiet or not dist.main):
+            return _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist)
+    finally:
+        dist.stop()
+
+
+def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> dict[str, Any]:
     saved = ckpt.load_trainer(run_dir / ckpt.TRAINER_FILE) if resume else None
     saved_meta = ckpt.read_run(run_dir, need_weights=False).get("meta") if resume else None
-
-    torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    torch.manual_seed(dist.seed(cfg.train.seed))
     precision = Precision(resolve_amp(cfg.train.amp, device), device)
-    task_obj = task_cls(cfg, device, precision, run_dir)
-    prepared = task_obj.prepare(saved_meta)
-    if saved_meta is not None:
-        _check_same_data(run_dir, saved_meta, prepared.meta)
+    task_obj = task_cls(cfg, device, precision, run_dir, dist)
+    prepared, run_dir = _prepare(task_obj, saved_meta, run_dir, automatic, resume, dist)
     model_args = {**cfg.model.args, **prepared.model_args}
     model = _build(task_obj, cfg.model.name, model_args, device)
-    if cfg.train.init and not resume:
-        task_obj.init_from(model, cfg.train.init, cfg.train.freeze)
-    elif cfg.train.freeze:
-        model.freeze_features()  # resuming a frozen transfer run: the weights come from trainer.pt
+    task_obj.setup_model(model, prepared.meta, resume)
     from lamina.viz import plot  # noqa: F401  (matplotlib loads now, not in the last seconds of a budget)
 
-    run_dir = task_obj.run_dir = _claim(run_dir, automatic)
-    if not resume:
-        (run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)  # the log of a run that died before its checkpoint
-    for name, content in prepared.files.items():
-        ckpt.atomic_write(run_dir / name, lambda tmp, content=content: tmp.write_bytes(content))
     val, test, final_val = prepared.val, prepared.test, prepared.final_val
     after = (test.n_samples * task_obj.views() if test else 0) + (final_val.n_samples if final_val else 0)
     trainer = Trainer(
@@ -348,6 +339,7 @@ def train(
         reserve_passes=after,
         val_samples=val.n_samples if val else 0,
         carry=task_obj,
+        dist=dist,
     )
     if saved is not None:
         trainer.resume_from(saved)  # before lamina.json is rewritten: a failed resume leaves the run as it was
@@ -358,17 +350,19 @@ def train(
         "meta": prepared.meta,
         "config": cfg.to_dict(),
         "status": "training",
-        "versions": ckpt.versions(),
+        "processes": dist.world,
+        "versions": ckpt.versions(task_cls.libraries),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+    write = ckpt.write_json if dist.main else (lambda path, obj: None)
+    write(run_dir / ckpt.RUN_FILE, info)
     try:
         result = trainer.fit()
     except (NonFiniteLoss, torch.cuda.OutOfMemoryError) as exc:
         info["status"] = "diverged" if isinstance(exc, NonFiniteLoss) else "failed"
-        ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+        write(run_dir / ckpt.RUN_FILE, info)
         if isinstance(exc, NonFiniteLoss):
-            raise
+            raise exc if dist.main else Reported(str(exc)) from None
         raise LaminaError(
             f"out of memory on {device} (batch size {cfg.train.batch_size}); try a smaller --batch-size"
         ) from None
@@ -379,10 +373,13 @@ def train(
         "steps": result.state.step,
         "epochs": round(result.state.samples / max(prepared.train.n_samples, 1), 3),
         "precision": result.precision,
+        "processes": dist.world,
     }
+    if dist.active:
+        summary["rank"] = dist.rank
     if result.status == "interrupted":
         info["status"] = "interrupted"
-        ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+        write(run_dir / ckpt.RUN_FILE, info)
         summary["seconds"] = round(trainer.elapsed(), 2)
         return summary
 
@@ -392,11 +389,11 @@ def train(
     if final_val is not None:
         metrics["val"] = {**task_obj.evaluate(model, final_val), "n": final_val.n_samples}
     if test is not None:
-        metrics["test"] = task_obj.evaluate(model, test)
-        metrics["test"]["n"] = test.n_samples
-    from lamina.viz.curves import plot_curves
+        metrics["test"] = {**task_obj.evaluate(model, test), "n": test.n_samples}
+    if dist.main:
+        from lamina.viz.curves import plot_curves
 
-    plot_curves(result.history, run_dir / "curves.png", task_cls.monitor[0])
+        plot_curves(result.history, run_dir / "curves.png", task_cls.monitor[0])
     summary["seconds"] = round(trainer.elapsed(), 2)
     info.update(
         status="complete",
@@ -404,6 +401,38 @@ def train(
         metrics=metrics,
         training={k: summary[k] for k in ("steps", "epochs", "seconds", "precision")},
     )
-    ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+    write(run_dir / ckpt.RUN_FILE, info)
     summary["metrics"] = metrics
     return summary
+
+
+def _prepare(task_obj: Task, saved_meta, run_dir: Path, automatic: bool, resume: bool, dist: Distributed):
+    """The data, prepared by the main process first (it builds what is cached, trains what is learnt
+    from the data, claims the run directory and writes the task's files there), then by the others
+    as if resuming from the main process's meta, so that every process reads the same vocabulary,
+    normalisation and tokenizer."""
+    outcome = None
+    if dist.main:
+        try:
+            prepared = task_obj.prepare(saved_meta)
+            if saved_meta is not None:
+                _check_same_data(type(task_obj), run_dir, saved_meta, prepared.meta)
+            run_dir = task_obj.run_dir = _claim(run_dir, automatic)
+            if not resume:
+                (run_dir / ckpt.METRICS_FILE).unlink(
+                    missing_ok=True
+                )  # the log of a run that died before its checkpoint
+            for name, content in prepared.files.items():
+                ckpt.atomic_write(run_dir / name, lambda tmp, content=content: tmp.write_bytes(content))
+            outcome = (True, prepared.meta, str(run_dir))
+        except LaminaError as exc:
+            outcome = (False, str(exc), "")
+            dist.broadcast(outcome)
+            raise
+    ok, meta, where = dist.broadcast(outcome)
+    if not ok:
+        raise Reported(meta)  # the main process says why
+    if not dist.main:
+        run_dir = task_obj.run_dir = Path(where)
+        prepared = task_obj.prepare(meta)
+    return prepared, run_dir

@@ -13,6 +13,10 @@ class UsageError(LaminaError):
     exit_code = 2
 
 
+class Reported(LaminaError):
+    """A failure another process has already reported (under torchrun, the main one): exit 1 quietly."""
+
+
 def choices(names) -> str:
     """'a, b, c' for listing valid names in an error message."""
     return ", ".join(sorted(names))

@@ -56,6 +56,16 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score) if hypotheses else 0.0
 
 
+def bleu_signature() -> str:
+    """sacrebleu's signature of the BLEU computed above (tokenizer, smoothing, version): what makes
+    two BLEU figures comparable."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU()
+    metric.corpus_score(["a"], [["a"]])  # the signature records the number of references: one, as scored here
+    return str(metric.get_signature())
+
+
 def chrf(hypotheses: list[str], references: list[str]) -> float:
     """Corpus chrF (character n-gram F-score, sacrebleu defaults), 0-100."""
     import sacrebleu

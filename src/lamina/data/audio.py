@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lamina.data.vocab import CharVocab
 from lamina.errors import LaminaError
 
 SAMPLE_RATE = 16000
@@ -30,12 +31,20 @@ SILENCE_RMS = 1e-4  # below this the file holds no speech (about -80 dBFS)
 
 
 # ----- reading -------------------------------------------------------------------------------------
-def read_audio(path: str | Path) -> np.ndarray:
-    """(samples,) float32 mono at SAMPLE_RATE. One-line LaminaError for a missing, empty, unreadable
-    or over-long file."""
+def read_audio(source) -> np.ndarray:
+    """(samples,) float32 mono at SAMPLE_RATE, from a file (WAV, FLAC, OGG) or from memory: a
+    (waveform, sample_rate) pair (numpy or torch; (samples,) or (samples, channels)) or a dict with
+    'array' and 'sampling_rate' (as Hugging Face datasets hold audio). One-line LaminaError for a
+    missing, empty, unreadable or over-long input."""
     import soundfile
 
-    path = Path(path)
+    if isinstance(source, dict) and {"array", "sampling_rate"} <= set(source):
+        source = (source["array"], source["sampling_rate"])
+    if isinstance(source, tuple):
+        return _from_memory(*source)
+    if not isinstance(source, (str, Path)):
+        raise LaminaError(f"cannot read audio from a {type(source).__name__}: give a file path or (waveform, rate)")
+    path = Path(source)
     if not path.is_file():
         raise LaminaError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -56,6 +65,21 @@ def read_audio(path: str | Path) -> np.ndarray:
     if data.shape[0] == 0:
         raise LaminaError(f"{path}: holds no audio samples")
     return resample(data.mean(axis=1), rate)
+
+
+def _from_memory(wave, rate) -> np.ndarray:
+    if hasattr(wave, "detach"):  # a torch tensor
+        wave = wave.detach().cpu().numpy()
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 2:  # (samples, channels), or torchaudio's (channels, samples)
+        wave = wave.mean(axis=1 if wave.shape[0] > wave.shape[1] else 0)
+    if wave.ndim != 1 or wave.size == 0:
+        raise LaminaError(f"a waveform must be (samples,) or (samples, channels) with samples, not {wave.shape}")
+    if not (isinstance(rate, (int, float)) and rate > 0):
+        raise LaminaError(f"the sample rate must be a positive number, not {rate!r}")
+    if wave.size / rate > MAX_SECONDS:
+        raise LaminaError(f"{wave.size / rate:.0f} s of audio, more than the {MAX_SECONDS:.0f} s limit: split it first")
+    return resample(wave, rate)
 
 
 def resample(wave: np.ndarray, rate: float, target: int = SAMPLE_RATE) -> np.ndarray:
@@ -181,16 +205,27 @@ def normalise_text(text: str) -> str:
 
 
 CHARS = " '" + "abcdefghijklmnopqrstuvwxyz"
-PAD, UNK, BOS, EOS = 0, 1, 2, 3  # as lamina.data.parallel and lamina.models.decoding; PAD is also CTC's blank
-VOCAB = 4 + len(CHARS)
+TRANSCRIPTS = CharVocab(CHARS, specials=True)  # PAD (also CTC's blank), UNK, BOS, EOS, then the characters
+VOCAB = len(TRANSCRIPTS)
+# What the features are, recorded with every run: a run is used only with the features it learned from.
+FEATURES = {
+    "sample_rate": SAMPLE_RATE,
+    "n_mels": N_MELS,
+    "window": WINDOW,
+    "hop": HOP,
+    "n_fft": N_FFT,
+    "mel_scale": "htk",
+    "log_floor": 1e-6,
+    "normalise": "per utterance and band",
+}
 
 
 def encode_text(text: str) -> list[int]:
-    return [4 + CHARS.index(c) if c in CHARS else UNK for c in text]
+    return TRANSCRIPTS.encode(text).tolist()
 
 
 def decode_ids(ids) -> str:
-    return "".join(CHARS[i - 4] for i in ids if 4 <= i < VOCAB)
+    return TRANSCRIPTS.decode(ids)
 
 
 def seconds(wave: np.ndarray) -> float:

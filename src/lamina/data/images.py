@@ -8,7 +8,6 @@ tensor operations: no per-sample Python or PIL work in the training loop.
 from __future__ import annotations
 
 import functools
-import hashlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lamina.data.batching import hash_order, seed_for
 from lamina.data.sources import FASHION_MNIST
+from lamina.engine.distributed import shard_rows
+from lamina.engine.log import working
 from lamina.errors import LaminaError, warn
 
 FASHION_MNIST_CLASSES = [
@@ -85,25 +87,57 @@ def fashion_mnist(split: str) -> ImageSet:
     return ImageSet(images, labels, list(FASHION_MNIST_CLASSES), [f"{split}/{i}" for i in range(len(labels))])
 
 
-# ----- folders of images -----------------------------------------------------------------------
-def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
-    """Decode one image, convert to the model's channels, resize the shorter side and centre-crop: (C, S, S)."""
+# ----- one image, from wherever it comes ---------------------------------------------------------
+def load_image(source, channels: int, size: int, name: str | None = None) -> torch.Tensor:
+    """One image as the model takes it, (C, S, S) uint8: converted to its channels, the shorter side
+    resized to S and centre-cropped. `source` is a file path, a PIL image, an (H, W[, C]) uint8 array
+    or a (C, H, W) tensor (uint8, or float in [0, 1]); every source goes through the same PIL steps,
+    so an image in memory gives exactly what the same image read from a file gives."""
+    name = name or str(source)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img = img.convert("L" if channels == 1 else "RGB")
-            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
+        if isinstance(source, (str, Path)):
+            with Image.open(source) as img:
+                img = ImageOps.exif_transpose(img)
+                return _fit(img, channels, size)
+        return _fit(to_pil(source), channels, size)
     except FileNotFoundError:
-        raise LaminaError(f"{path}: no such file") from None
+        raise LaminaError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise LaminaError(f"{path}: is a folder, not an image") from None
+        raise LaminaError(f"{name}: is a folder, not an image") from None
     except UNREADABLE as exc:
-        raise LaminaError(f"{path}: not a readable image ({str(exc).splitlines()[0][:120]})") from None
+        raise LaminaError(f"{name}: not a readable image ({str(exc).splitlines()[0][:120]})") from None
+
+
+def to_pil(source) -> Image.Image:
+    """A PIL image of an in-memory image: PIL itself, an (H, W[, C]) array, or a (C, H, W) tensor."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, torch.Tensor):
+        t = source.detach().cpu()
+        if t.ndim == 3:
+            t = t.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+        source = (t.float().clamp(0, 1) * 255).round().byte().numpy() if t.is_floating_point() else t.numpy()
+    if isinstance(source, np.ndarray):
+        array = source[..., 0] if source.ndim == 3 and source.shape[-1] == 1 else source
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+            raise LaminaError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), not {tuple(source.shape)}")
+        if array.dtype != np.uint8:
+            array = (np.clip(array.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(array))
+    raise LaminaError(
+        f"cannot read an image from a {type(source).__name__} (give a path, a PIL image, an array or a tensor)"
+    )
+
+
+def _fit(img: Image.Image, channels: int, size: int) -> torch.Tensor:
+    img = img.convert("L" if channels == 1 else "RGB")
+    img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
     array = np.asarray(img, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy())
 
 
+# ----- folders of images -----------------------------------------------------------------------
 def class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -159,7 +193,7 @@ def image_folder(root: Path, classes: list[str], channels: int, size: int, split
         raise LaminaError(f"{root} has classes that the training data lacks: {', '.join(unknown)}")
     remap = {found.index(c): classes.index(c) for c in found}
     images, labels, keys, bad = [], [], [], []
-    for path, label in items:
+    for path, label in working(items, f"decoding {len(items):,} images in {root}"):
         try:
             images.append(load_image(path, channels, size))
         except LaminaError as exc:
@@ -179,7 +213,7 @@ def _members_in_hash_order(data: ImageSet, c: int) -> list[int]:
     """Indices of class c, ordered by a hash of each image's key: a fixed order that does not depend on
     the run's seed or on the order files were listed, so splits and subsets are the same every time."""
     members = torch.nonzero(data.labels == c).flatten().tolist()
-    return sorted(members, key=lambda i: hashlib.sha1(data.keys[i].encode("utf-8", "surrogateescape")).hexdigest())
+    return [members[i] for i in hash_order([data.keys[m] for m in members])]
 
 
 def stratified_split(data: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet | None]:
@@ -231,30 +265,27 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
 
 
-def _seed(*parts: int) -> int:
-    # A per-(seed, epoch, batch) seed: any batch can be regenerated exactly, e.g. after a resume.
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") & (2**63 - 1)
-
-
 class ImageBatches:
-    """Batches of (normalised float images, labels) from an in-memory ImageSet, on the training device.
+    """Batches of (uint8 images, labels) from an in-memory ImageSet, on the training device; the model
+    converts and normalises them itself (ImageClassifier), so every caller feeds it the same thing.
 
-    Training streams shuffle per epoch and augment with random flips and padded random crops, drawn
-    from a generator seeded by (seed, epoch, batch): the same batches after a resume.
+    Training streams shuffle per epoch and augment with random flips, padded random crops and random
+    erasing (filled with the data's mean colour), drawn from a generator seeded by (seed, epoch,
+    batch): the same batches after a resume. Under torchrun each process takes its rows of every
+    training batch, and every world-th evaluation batch.
     """
 
     def __init__(
         self,
         data: ImageSet,
         batch_size: int,
-        mean: list[float],
-        std: list[float],
         device: torch.device,
         train: bool = False,
         seed: int = 0,
         flip: bool = False,
         crop_padding: int = 0,
         erase: float = 0.0,
+        fill: list[float] | None = None,
         channels_last: bool = False,
     ):
         self.images = data.images.to(device)
@@ -265,33 +296,32 @@ class ImageBatches:
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         c = self.images.shape[1]
-        self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
-        self.inv_std = 1 / torch.tensor(std, device=device).view(1, c, 1, 1)
-        self.fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8, device=device).view(1, c, 1, 1)
+        fill = fill if fill is not None else [0.5] * c
+        self.fill = torch.tensor([round(255 * m) for m in fill], dtype=torch.uint8, device=device).view(1, c, 1, 1)
 
     def __len__(self) -> int:
         if self.train and self.n_samples > self.batch_size:
             return self.n_samples // self.batch_size  # drop the ragged last batch: equal steps, stable batch norm
         return -(-self.n_samples // self.batch_size)
 
-    def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, index: int = 0, start: int = 0, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.train:
-            order = torch.randperm(self.n_samples, generator=torch.Generator().manual_seed(_seed(self.seed, index)))
+            order = torch.randperm(self.n_samples, generator=torch.Generator().manual_seed(seed_for(self.seed, index)))
             order = order.to(self.device)
         for b in range(start, len(self)):
-            idx = (
-                order[b * self.batch_size : (b + 1) * self.batch_size]
-                if self.train
-                else slice(b * self.batch_size, (b + 1) * self.batch_size)
-            )
-            x = self.images[idx]
+            if world > 1 and not self.train and b % world != rank:
+                continue
+            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[rows] if self.train else rows
+            x, y = self.images[idx], self.labels[idx]
             if self.train:
-                x = self.augment(x, torch.Generator().manual_seed(_seed(self.seed, index, b)))
-            yield self.normalise(x), self.labels[idx]
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() * (1 / 255) - self.mean) * self.inv_std  # (B, C, H, W) float32
-        return x.contiguous(memory_format=self.memory_format)
+                x = self.augment(x, torch.Generator().manual_seed(seed_for(self.seed, index, b)))
+                if world > 1:
+                    mine = shard_rows(len(y), rank, world)
+                    x, y = x[mine], y[mine]
+            yield x.contiguous(memory_format=self.memory_format), y
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Random flips, padded random crops and random erasing for a whole uint8 batch (B, C, H, W)."""

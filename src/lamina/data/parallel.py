@@ -14,24 +14,24 @@ source sentence keeps one translation (the most frequent). A sentence's split (t
 from __future__ import annotations
 
 import hashlib
-import io
-import random
 import re
 import struct
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lamina.data.batching import LengthBatches, hash_split, pad
+from lamina.data.vocab import BOS, EOS
+from lamina.engine.log import working
 from lamina.errors import LaminaError, UsageError, warn, warn_skipped_lines
 
 LOCALE_DIR = Path("/usr/share/locale")
 SPLITS = {"train": (0, 90), "val": (90, 95), "test": (95, 100)}  # hash buckets out of 100
-PAD, UNK, BOS, EOS = 0, 1, 2, 3  # special token ids of every tokenizer lamina trains
 MAX_CELLS = 64 * 101 * 101  # source x target positions of an evaluation batch: a training batch's worst case
 
 Pair = tuple[str, str]
@@ -163,7 +163,7 @@ def read_gettext(lang: str, catalogs: str = "") -> tuple[list[Pair], dict[str, A
     folder, files = catalog_files(lang, catalogs)
     raw: list[Pair] = []
     used: dict[str, int] = {}
-    for path in files:
+    for path in working(files, f"reading {len(files)} gettext catalogs in {folder}"):
         entries = read_catalog(path)
         if entries:
             used[str(path.relative_to(folder))] = len(entries)
@@ -200,8 +200,7 @@ def read_tsv(path: Path) -> list[Pair]:
 
 # ----- the corpus --------------------------------------------------------------------------------
 def split_of(source: str) -> str:
-    bucket = int.from_bytes(hashlib.sha256(source.encode("utf-8")).digest()[:8], "big") % 100
-    return next(name for name, (lo, hi) in SPLITS.items() if lo <= bucket < hi)
+    return hash_split(source, SPLITS)
 
 
 def build_corpus(raw: Sequence[Pair], reverse: bool = False) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
@@ -270,111 +269,12 @@ def read_pairs(path: Path, reverse: bool = False) -> list[Pair]:
     return pairs
 
 
-# ----- subwords -----------------------------------------------------------------------------------
-class Tokenizer:
-    """A SentencePiece subword model (Kudo & Richardson 2018) shared by both languages. Text is
-    normalised by lamina before it gets here, so the model keeps it as it is (decode(encode(x)) == x);
-    characters never seen in training are spelled out as UTF-8 bytes instead of becoming <unk>."""
-
-    FILE = "tokenizer.model"
-
-    def __init__(self, model: bytes):
-        import sentencepiece as spm
-
-        self.model_bytes = model
-        self.sp = spm.SentencePieceProcessor(model_proto=model)
-
-    @classmethod
-    def train(cls, texts: Sequence[str], vocab_size: int, seed_sentences: int = 0) -> Tokenizer:
-        import sentencepiece as spm
-
-        # The vocabulary holds at least the 4 special ids, 256 bytes and every character seen; a size
-        # the text cannot fill is a soft limit (hard_vocab_limit=False), so tiny corpora work too.
-        alphabet = len({ch for t in texts for ch in t})
-        size = max(vocab_size, 4 + 256 + alphabet + 1)
-        out = io.BytesIO()
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts),
-                model_writer=out,
-                vocab_size=size,
-                model_type="unigram",
-                character_coverage=1.0,
-                byte_fallback=True,
-                normalization_rule_name="identity",
-                pad_id=PAD,
-                unk_id=UNK,
-                bos_id=BOS,
-                eos_id=EOS,
-                num_threads=1,
-                minloglevel=2,
-                hard_vocab_limit=False,
-                max_sentence_length=16384,
-            )
-        except RuntimeError as exc:
-            raise LaminaError(f"cannot train the subword tokenizer: {str(exc).splitlines()[0]}") from None
-        return cls(out.getvalue())
-
-    @classmethod
-    def load(cls, path: Path) -> Tokenizer:
-        if not path.is_file():
-            raise LaminaError(f"{path} is missing: the run's tokenizer is needed to read and write text")
-        try:
-            return cls(path.read_bytes())
-        except (RuntimeError, OSError) as exc:
-            raise LaminaError(f"{path} is not a SentencePiece model ({exc})") from None
-
-    def __len__(self) -> int:
-        return self.sp.get_piece_size()
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.sp.encode(list(texts))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.sp.decode([int(i) for i in ids if i > EOS])
-
-    def pieces(self, ids: Sequence[int]) -> list[str]:
-        return [self.sp.id_to_piece(int(i)) for i in ids]
-
-    def unseen(self, text: str) -> list[str]:
-        """Characters of `text` the tokenizer has no piece for (spelled out as UTF-8 bytes)."""
-        return sorted(
-            ch for ch in set(text) if not ch.isspace() and any(self.sp.is_byte(i) for i in self.sp.encode(ch))
-        )
-
-
 # ----- batches ----------------------------------------------------------------------------------
-def pad(rows: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> torch.Tensor:
-    """(B, T) long tensor of the rows, right-padded with PAD."""
-    width = max(1, max((len(r) for r in rows), default=1))
-    out = torch.full((len(rows), width), PAD, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out.to(device)
-
-
-def pack_by_length(ids: list[int], batch_size: int, cost: Callable[[list[int]], int], budget: int) -> list[list[int]]:
-    """Cut `ids` (sorted by length, shortest first) into consecutive batches of at most batch_size whose
-    cost(batch) stays within budget; a single item over the budget gets a batch of its own."""
-    batches: list[list[int]] = []
-    for i in ids:
-        if batches and len(batches[-1]) < batch_size and cost([*batches[-1], i]) <= budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-class PairBatches:
-    """Batches of (source, target input, target output), each (B, T) and padded with PAD.
-
-    Training batches hold sentences of similar length (fewer pad positions to compute): the shuffled
-    pairs are cut into pools of 50 batches, each pool sorted by length and cut into batches, and the
-    batches shuffled again. The order depends only on (seed, epoch), so a resumed run sees the same
-    batches. Evaluation batches are simply sorted by length.
-    """
-
-    POOL = 50
+class PairBatches(LengthBatches):
+    """Batches of (source, target input, target output), each (B, T) and padded with PAD: sentences
+    of similar length in training (length buckets, reproducible on resume), sorted by length for
+    evaluation, at most MAX_CELLS source x target positions a batch (attention builds a (batch,
+    target, source, hidden) tensor, and a file may hold sentences far longer than any training pair)."""
 
     def __init__(
         self,
@@ -387,48 +287,16 @@ class PairBatches:
         device: torch.device | str = "cpu",
         pairs: list[Pair] | None = None,
     ):
-        self.sources, self.targets, self.batch_size = sources, targets, batch_size
-        self.pairs = pairs  # the text of each pair, for scores on detokenized output (evaluation)
-        self.train, self.seed, self.device = train, seed, device
-        self.n_samples = len(sources)
-        self._eval_batches: int | None = None  # len() of an evaluation set, counted once
-
-    def order(self, index: int) -> list[list[int]]:
-        length = lambda i: (len(self.sources[i]), len(self.targets[i]))  # noqa: E731
-        if not self.train:
-            return self.by_length()
-        rng = random.Random(self.seed * 1_000_003 + index)
-        ids = list(range(self.n_samples))
-        rng.shuffle(ids)
-        pool = self.POOL * self.batch_size
-        batches = []
-        for p in range(0, len(ids), pool):
-            chunk = sorted(ids[p : p + pool], key=length)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return batches
-
-    def by_length(self) -> list[list[int]]:
-        """Sorted by length, at most batch_size pairs and MAX_CELLS (source x target positions) a
-        batch: attention builds a (batch, target, source, hidden) tensor, and a file may hold sentences
-        far longer than any training pair."""
-        ids = sorted(range(self.n_samples), key=lambda i: (len(self.sources[i]), len(self.targets[i])))
-
         def cells(rows: list[int]) -> int:
-            return len(rows) * (len(self.sources[rows[-1]]) + 1) * (max(len(self.targets[i]) for i in rows) + 1)
+            return len(rows) * (len(sources[rows[-1]]) + 1) * (max(len(targets[i]) for i in rows) + 1)
 
-        return pack_by_length(ids, self.batch_size, cells, MAX_CELLS)
+        keys = [(len(s), len(t)) for s, t in zip(sources, targets)]
+        super().__init__(keys, batch_size, train=train, seed=seed, cost=cells, budget=MAX_CELLS)
+        self.sources, self.targets, self.device = sources, targets, device
+        self.pairs = pairs  # the text of each pair, for scores on detokenized output (evaluation)
 
-    def __len__(self) -> int:
-        if self.train:
-            return -(-self.n_samples // self.batch_size)
-        if self._eval_batches is None:
-            self._eval_batches = len(self.by_length())
-        return self._eval_batches
-
-    def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for rows in self.order(index)[start:]:
-            src = pad([[*self.sources[i], EOS] for i in rows], self.device)  # EOS ends every source sentence
-            tgt_in = pad([[BOS, *self.targets[i]] for i in rows], self.device)
-            tgt_out = pad([[*self.targets[i], EOS] for i in rows], self.device)
-            yield src, tgt_in, tgt_out
+    def collate(self, rows: list[int], generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        src = pad([[*self.sources[i], EOS] for i in rows], self.device)  # EOS ends every source sentence
+        tgt_in = pad([[BOS, *self.targets[i]] for i in rows], self.device)
+        tgt_out = pad([[*self.targets[i], EOS] for i in rows], self.device)
+        return src, tgt_in, tgt_out

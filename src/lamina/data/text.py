@@ -1,4 +1,5 @@
-"""Text for character-level language models: corpora, a character vocabulary, and stateful batches.
+"""Text for character-level language models: corpora and stateful batches (the character
+vocabulary is lamina.data.vocab.CharVocab).
 
 A corpus is held in memory as one tensor of character ids (Shakespeare: 5 M characters, 40 MB).
 Training batches follow char-rnn: the text is cut into B contiguous streams, one per batch row, and
@@ -9,33 +10,19 @@ has really seen the text before it (truncated back-propagation through time).
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from lamina.data.batching import seed_for
 from lamina.data.sources import SHAKESPEARE
-from lamina.errors import LaminaError, UsageError, choices, warn
+from lamina.engine.distributed import shard_rows
+from lamina.errors import LaminaError, UsageError, warn
 
-DATASETS = {SHAKESPEARE.name: SHAKESPEARE.description}
 MAX_FILE_BYTES = 1 << 30
-# Typographic characters and their plain equivalents, for text from outside the vocabulary.
-PLAIN = {
-    "\u2018": "'",
-    "\u2019": "'",
-    "\u201c": '"',
-    "\u201d": '"',
-    "\u2013": "-",
-    "\u2014": "-",
-    "\u2026": "...",
-    "\u00a0": " ",
-    "\t": " ",
-    "\r": "",
-}
 
 
 @dataclass
@@ -97,7 +84,7 @@ def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Cor
         path = Path(name).expanduser()
         if not path.exists() and "/" not in name and not name.startswith(("~", ".")):
             raise UsageError(
-                f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a text file or folder"
+                f"unknown dataset {name!r}; choose from: {SHAKESPEARE.name}, or give a text file or folder"
             )
         text, names = read_text(path)
         origin = str(path)
@@ -127,60 +114,6 @@ def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Cor
     return Corpus(train, val, source)
 
 
-# ----- characters <-> ids ----------------------------------------------------------------------
-class Vocab:
-    """The characters a model knows, in sorted order; id i is chars[i]."""
-
-    def __init__(self, chars: str):
-        self.chars = chars
-        self.index = {c: i for i, c in enumerate(chars)}
-
-    @classmethod
-    def build(cls, text: str) -> Vocab:
-        return cls("".join(sorted(set(text))))
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    def fold(self, text: str, what: str = "the text") -> str:
-        """`text` with characters outside the vocabulary replaced by known look-alikes where there are
-        some (curly quotes -> straight, accented -> plain letters, tabs -> spaces) and dropped otherwise;
-        warns once, naming them."""
-        if all(c in self.index for c in text):
-            return text
-        out, unknown = [], set()
-        for c in text:
-            if c in self.index:
-                out.append(c)
-                continue
-            unknown.add(c)
-            plain = PLAIN.get(
-                c, "".join(ch for ch in unicodedata.normalize("NFKD", c) if not unicodedata.combining(ch))
-            )
-            if plain.isspace() and plain not in self.index and " " in self.index:
-                plain = " "
-            out.append("".join(ch for ch in plain if ch in self.index))
-        shown = "".join(sorted(unknown))[:20]
-        warn(
-            f"{what} has {len(unknown)} character(s) the model does not know ({shown!r}); "
-            "replaced by known look-alikes where possible, otherwise dropped"
-        )
-        return "".join(out)
-
-    def encode(self, text: str, what: str = "the text") -> torch.Tensor:
-        """Ids (N,) int64; vectorised, since corpora run to millions of characters."""
-        # surrogatepass: undecodable bytes from the command line arrive as lone surrogates, then fold away
-        codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
-        known = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)  # sorted, as chars is
-        where = np.searchsorted(known, codes).clip(0, len(known) - 1)
-        if len(codes) and not (known[where] == codes).all():
-            return self.encode(self.fold(text, what))
-        return torch.from_numpy(where.astype(np.int64))
-
-    def decode(self, ids: list[int] | torch.Tensor) -> str:
-        return "".join(self.chars[i] for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids))
-
-
 # ----- batches ---------------------------------------------------------------------------------
 class TextStreams:
     """Batches (x, y, fresh) of `rows` parallel streams of text, `seq_len` characters at a time; y is x
@@ -193,6 +126,9 @@ class TextStreams:
     lost when it starts cold, as generation and evaluation do. With `window`, the streams are instead
     `rows` windows of that many characters spread evenly over the text: a fixed sample, used to
     estimate the validation loss quickly during training.
+
+    Under torchrun each process reads its rows of every batch, in training and in evaluation alike:
+    consecutive batches continue each row's stream, so rows, not batches, are what can be shared.
     """
 
     def __init__(
@@ -231,21 +167,25 @@ class TextStreams:
             return torch.tensor([round(r * step) for r in range(self.rows)], dtype=torch.long)
         offset = 0
         if self.train:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 2)
+            g = torch.Generator().manual_seed(seed_for(self.seed, index, 0))
             offset = int(torch.randint(self.seq_len, (1,), generator=g))
         return offset + torch.arange(self.rows) * self.length
 
-    def epoch(self, index: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, index: int = 0, start: int = 0, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         span = min(self.length, self.batches * self.seq_len)
-        where = self.starts(index).to(self.tokens.device)[:, None] + torch.arange(span + 1, device=self.tokens.device)
-        streams = self.tokens[where]  # (rows, span + 1)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 2 + 1)  # not the offsets' stream
+        mine = shard_rows(self.rows, rank, world)
+        starts = self.starts(index)[mine].to(self.tokens.device)
+        streams = self.tokens[starts[:, None] + torch.arange(span + 1, device=self.tokens.device)]  # (rows, span + 1)
+        g = torch.Generator().manual_seed(seed_for(self.seed, index, 1))  # not the offsets' stream
         fresh = (
             torch.rand(self.batches, self.rows, generator=g) < self.reset
             if self.train
             else torch.zeros(self.batches, self.rows, dtype=torch.bool)
         )
         fresh[0] = True
+        fresh = fresh[:, mine]
         for i in range(start, self.batches):
             a, b = i * self.seq_len, min((i + 1) * self.seq_len, span)
             yield streams[:, a:b], streams[:, a + 1 : b + 1], fresh[i]

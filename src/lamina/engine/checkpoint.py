@@ -80,17 +80,23 @@ def load_trainer(path: Path) -> dict[str, Any]:
         raise LaminaError(f"cannot read {path}: {exc}") from None
 
 
-def versions() -> dict[str, str]:
-    import torchvision
+BASE_LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "safetensors")
+
+
+def versions(libraries: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of Python, lamina and every library that affects a run's results: the shared ones
+    and those its task names (sacrebleu, sentencepiece, jiwer, soxr, ...)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from lamina import __version__
 
-    return {
-        "lamina": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-    }
+    found = {"lamina": __version__, "python": platform.python_version()}
+    for name in (*BASE_LIBRARIES, *libraries):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def read_run(run_dir: str | Path, task: str | None = None, need_weights: bool = True) -> dict[str, Any]:
@@ -139,3 +145,39 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line torn by a crash
     return records
+
+
+def list_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every run directory under `folder` (one level down, or `folder` itself): its task, model, status,
+    the best figure of the metric that picked its checkpoint, training time and creation date."""
+    from lamina.errors import UsageError
+
+    candidates = [folder] if (folder / RUN_FILE).is_file() else sorted(p for p in folder.glob("*") if p.is_dir())
+    rows = []
+    for path in candidates:
+        try:
+            info = read_run(path, need_weights=False)
+        except LaminaError:
+            continue
+        try:
+            from lamina.tasks import get_task
+
+            metric = get_task(info["task"]).monitor[0]
+        except UsageError:  # a task this installation does not know
+            metric = "loss"
+        metrics = info.get("metrics", {})
+        value = metrics.get("test", {}).get(metric, metrics.get("val", {}).get(metric))
+        split = "test" if metric in metrics.get("test", {}) else "val"
+        rows.append(
+            {
+                "run": str(path),
+                "task": info["task"],
+                "model": info["model"].get("name", "?"),
+                "status": info.get("status", "?"),
+                "metric": f"{split} {metric}",
+                "value": value,
+                "seconds": info.get("training", {}).get("seconds"),
+                "created": info.get("created", ""),
+            }
+        )
+    return rows

@@ -16,11 +16,21 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LaminaError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LaminaError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        index = name.partition(":")[2]
+        if index.isdigit() and int(index) >= torch.cuda.device_count():
+            raise LaminaError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise LaminaError("--device mps: Apple MPS is not available on this machine (use --device cpu or auto)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise LaminaError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N or mps)") from None
 
 
 def cpu_has_bf16() -> bool:

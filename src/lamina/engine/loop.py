@@ -1,14 +1,16 @@
 """The supervised training loop every task shares.
 
-    forward -> loss -> backward -> clip -> optimizer step -> learning-rate schedule,
+    forward -> loss -> backward (K micro-batches) -> clip -> optimizer step -> learning-rate schedule,
     evaluate every epoch (or every N steps), keep the best weights, stop early, on time, or on Ctrl-C.
 
 The engine knows nothing about tasks: a task hands it a ``step`` function (model, batch) -> StepOutput,
-a stream of training batches and an ``evaluate`` function (model) -> metrics.
+a stream of training batches and an ``evaluate`` function (model) -> metrics. Under torchrun every
+process runs this same loop on its shard of each batch (lamina.engine.distributed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -26,7 +28,8 @@ from torch import nn
 from lamina.config import RunConfig
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.device import Precision
-from lamina.engine.log import Progress, format_metrics, format_seconds, say
+from lamina.engine.distributed import Distributed
+from lamina.engine.log import Progress, TensorBoard, format_metrics, format_seconds, say
 from lamina.engine.optim import build_optimizer, lr_factor, set_lr
 from lamina.errors import LaminaError
 
@@ -41,11 +44,15 @@ class StepOutput:
 
 
 class BatchStream(Protocol):
-    n_samples: int
+    n_samples: int  # in the whole stream, over every process
 
     def __len__(self) -> int: ...  # batches per epoch
 
-    def epoch(self, index: int, start: int = 0) -> Iterator[Any]: ...  # same (index, start) -> same batches
+    def epoch(self, index: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Any]:
+        """Batches `start`, `start` + 1, ... of epoch `index`, the same ones for the same arguments.
+        With world > 1, process `rank`'s share of each (training: its rows of every batch) or of
+        the batches (evaluation: every world-th, from the rank-th); every sample in exactly one share."""
+        ...
 
 
 @dataclass
@@ -53,11 +60,12 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # completed epochs
     batch: int = 0  # next batch within the current epoch
-    samples: int = 0
+    samples: int = 0  # over every process
     elapsed: float = 0.0  # seconds of the run so far (earlier sessions included), for the time budget
     best: float | None = None  # best validation value of the monitored metric
     best_step: int = 0
     evals_since_best: int = 0
+    world: int = 1  # processes that trained it: a run resumes with as many
 
 
 class NonFiniteLoss(LaminaError):
@@ -75,15 +83,22 @@ class Meter:
         loss = out.loss.detach().float()
         self.loss_sum = self.loss_sum.to(loss.device) + loss * out.n  # stays on the device: no sync per step
         self.n += out.n
-        self.steps += 1
         for k, v in out.sums.items():
             self.sums[k] = self.sums.get(k, 0) + v.detach()
 
-    def mean_loss(self) -> float:
-        return self.loss_sum.item() / max(self.n, 1)
-
-    def means(self) -> dict[str, float]:
-        return {f"train_{k}": float(v) / max(self.n, 1) for k, v in self.sums.items()}
+    def reduce(self, dist: Distributed) -> tuple[float, dict[str, float]]:
+        """(mean loss, train_<k> means) over every process."""
+        keys = sorted(self.sums)
+        local = torch.stack(
+            [
+                self.loss_sum.cpu().double(),
+                torch.tensor(float(self.n), dtype=torch.float64),
+                *[torch.as_tensor(self.sums[k]).cpu().double() for k in keys],
+            ]
+        )
+        total = dist.sum(local).tolist()
+        n = max(total[1], 1)
+        return total[0] / n, {f"train_{k}": v / n for k, v in zip(keys, total[2:])}
 
     def state_dict(self) -> dict[str, Any]:
         # Tensors as they are (dtype included): the resumed sums continue bit for bit.
@@ -100,26 +115,37 @@ class Meter:
 
 
 class _Interrupt:
-    """First Ctrl-C asks the loop to stop after the current step and save; a second one aborts at once.
+    """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save; a second
+    one, a moment later, aborts at once. The same signal again within REPEAT seconds is the same
+    request: torchrun forwards the Ctrl-C its workers already received from the terminal. Whatever
+    handled the signals before (Python's default, or SIG_IGN in a background job) is put back after.
     Signal handlers exist only in the main thread; elsewhere (a server's worker) this does nothing."""
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT = 1.0
+
     def __init__(self):
-        self.requested = False
+        self.requested, self._first = False, 0.0
         self._active = threading.current_thread() is threading.main_thread()
 
     def __enter__(self):
         if self._active:
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+            for s in self.SIGNALS:
+                signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        now = time.monotonic()
+        if not self.requested:
+            self.requested, self._first = True, now
+        elif now - self._first > self.REPEAT:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         if self._active:
-            signal.signal(signal.SIGINT, self._previous)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
 
 
 @dataclass
@@ -146,63 +172,58 @@ class Trainer:
         reserve_passes: int = 0,
         val_samples: int = 0,
         carry: Any = None,
+        dist: Distributed | None = None,
     ):
         """`reserve_passes`: sample forward passes the caller runs after fit (e.g. the test set, times its
         views), kept out of the time budget; `val_samples`: size of the validation set, to time it;
         `carry`: an object whose state_dict() the step function changes (saved for resume)."""
         self.model, self.step_fn, self.train_data, self.evaluate_fn = model, step_fn, train, evaluate
         self.cfg, self.run_dir, self.precision = cfg, Path(run_dir), precision
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = dist or Distributed()
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.wrapped = self.dist.wrap(model)  # what the step sees; evaluation and saving use the model itself
         self.monitor_key, self.monitor_mode = monitor
         self.started = time.monotonic() if started is None else started
         self.reserve_passes, self.val_samples, self.carry = reserve_passes, val_samples, carry
         self.optimizer = build_optimizer(model, cfg.optim)
         self.lr_at = lr_factor(cfg.optim)
-        self.state = TrainState()
+        self.state = TrainState(world=self.dist.world)
         self.meter = Meter()
         self.elapsed_before = 0.0
         self.train_rate: float | None = None  # training samples/s, measured
         self._eval_rates: list[float] = []  # evaluation samples/s, one per validation pass
         self._interval_start, self._interval_samples = time.perf_counter(), 0
         self._warm = False  # the first step of a session (kernel selection, allocation) is not timed
+        self._bad_loss: float | None = None  # a non-finite loss seen here, to stop every process on
         self.history: list[dict[str, Any]] = []
         self.best_metrics: dict[str, float] | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
         self._last_saved_step = 0
-        self.bar = Progress(enabled=None if not cfg.train.quiet else False)
+        quiet = cfg.train.quiet or not self.dist.main
+        self.bar = Progress(enabled=False if quiet else None)
+        self.board = TensorBoard(self.run_dir / "tensorboard") if cfg.train.tensorboard and self.dist.main else None
 
     # ----- the loop -------------------------------------------------------------------------
     def fit(self) -> FitResult:
-        t, model = self.cfg.train, self.model
+        t = self.cfg.train
         status = None
         with _Interrupt() as interrupt:
             while status is None:
-                if interrupt.requested:  # Ctrl-C during an evaluation
-                    status = "interrupted"
-                    break
                 if t.epochs and self.state.epoch >= t.epochs:
                     status = "complete"
                     break
-                model.train()
+                self.model.train()
                 self.bar.start(self._epoch_label(), len(self.train_data), self.state.batch)
-                for batch in self.train_data.epoch(self.state.epoch, start=self.state.batch):
-                    progress = self.progress()
-                    if progress >= 1:
-                        status = "time-budget" if t.time_budget else "complete"
+                batches = self.train_data.epoch(self.state.epoch, self.state.batch, self.dist.rank, self.dist.world)
+                for group in self._groups(batches):
+                    progress, status = self._decide(interrupt)  # together with every other process
+                    if status:
                         break
                     set_lr(self.optimizer, self.cfg.optim.lr * self.lr_at(progress))
-                    with self.precision.autocast():
-                        out = self.step_fn(model, batch)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.precision.backward(out.loss)
-                    if self.cfg.optim.grad_clip > 0:
-                        self.precision.unscale(self.optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
-                    self.precision.step(self.optimizer)
-                    self._count(out)
+                    self._optimizer_step(group)
                     if t.eval_every and self.state.step % t.eval_every == 0:
                         status = self._evaluate_and_checkpoint()
-                    if interrupt.requested:
-                        status = "interrupted"
                     if status:
                         break
                 else:  # the epoch ran to its end
@@ -216,13 +237,58 @@ class Trainer:
                     f"({self.elapsed():.1f} s had gone on loading); give a larger --time-budget"
                 )
             if status == "interrupted":
-                self._check_finite(self.meter.mean_loss())  # never checkpoint weights that already diverged
+                self._check_finite(self.meter.reduce(self.dist)[0])  # never checkpoint weights that diverged
                 self._save_trainer()
-            elif self.meter.steps:
+            elif self.meter.n:
                 self._evaluate_and_checkpoint()
         if status != "interrupted" and t.keep == "best" and self.state.best_step not in (0, self.state.step):
-            model.load_state_dict(ckpt.load_weights(self.run_dir / ckpt.WEIGHTS_FILE, self._device()))
+            best = self._best_weights or ckpt.load_weights(self.run_dir / ckpt.WEIGHTS_FILE)
+            self.model.load_state_dict(best)
+        if self.board:
+            self.board.close()
         return FitResult(self.state, status, self.best_metrics, self.history, self.precision.name)
+
+    def _groups(self, batches: Iterator[Any]) -> Iterator[list[Any]]:
+        """The batches of one optimizer step: train.accumulate of them (fewer at the end of an epoch)."""
+        group = []
+        for batch in batches:
+            group.append(batch)
+            if len(group) == self.cfg.train.accumulate:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _optimizer_step(self, group: list[Any]) -> None:
+        """Gradients of every batch of the group (mean over them), synchronised between processes on
+        the last one only, then one optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            sync = contextlib.nullcontext() if last or not self.dist.active else self.wrapped.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    out = self.step_fn(self.wrapped, batch)
+                self.precision.backward(out.loss / len(group))
+            self._count(out, last)
+        if self.cfg.optim.grad_clip > 0:
+            self.precision.unscale(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.precision.step(self.optimizer)
+        self.state.step += 1
+
+    def _decide(self, interrupt: _Interrupt) -> tuple[float, str | None]:
+        """(progress, why to stop or None), the same in every process: rank 0's clock, and a Ctrl-C
+        or a non-finite loss in any process. One small all-reduce per optimizer step."""
+        mine = self.progress() if self.dist.main else 0.0
+        progress, stop, bad = self.dist.max(mine, float(interrupt.requested), float(self._bad_loss is not None))
+        if bad:
+            self._check_finite(self._bad_loss if self._bad_loss is not None else math.nan)
+        if stop:
+            return progress, "interrupted"
+        if progress >= 1:
+            return progress, "time-budget" if self.cfg.train.time_budget else "complete"
+        return progress, None
 
     # ----- progress and time ----------------------------------------------------------------
     def elapsed(self) -> float:
@@ -231,7 +297,8 @@ class Trainer:
     def progress(self) -> float:
         """Fraction of training done: by steps, by the time budget, whichever is further along."""
         t = self.cfg.train
-        p = self.state.step / (t.epochs * len(self.train_data)) if t.epochs else 0.0
+        per_epoch = -(-len(self.train_data) // t.accumulate)
+        p = self.state.step / (t.epochs * per_epoch) if t.epochs else 0.0
         if t.time_budget:
             p = max(p, self.elapsed() / max(t.time_budget - self._reserve(), 1e-9))
         return p
@@ -251,7 +318,7 @@ class Trainer:
         return min(evaluation + FINISHING_SECONDS + 0.01 * t.time_budget, 0.5 * t.time_budget)
 
     def _interval_rate(self) -> float:
-        """Training samples/s since the last evaluation (or this session's first step), evaluation excluded."""
+        """Training samples/s (every process's) since the last evaluation, evaluation excluded."""
         if not self._interval_samples:
             return 0.0
         return self._interval_samples / max(time.perf_counter() - self._interval_start, 1e-9)
@@ -261,19 +328,23 @@ class Trainer:
         return f"epoch {self.state.epoch + 1}{total}"
 
     # ----- bookkeeping ----------------------------------------------------------------------
-    def _count(self, out: StepOutput) -> None:
-        s = self.state
-        s.step, s.batch, s.samples = s.step + 1, s.batch + 1, s.samples + out.n
+    def _count(self, out: StepOutput, step_done: bool) -> None:
+        s, n = self.state, out.n * self.dist.world  # every process trains on an equal share
+        s.batch, s.samples = s.batch + 1, s.samples + n
         self.meter.add(out)
+        self.meter.steps += step_done
         if self._warm:
-            self._interval_samples += out.n
-        else:  # the clock for speed starts after the first step
+            self._interval_samples += n
+        else:  # the clock for speed starts after the first batch
             self._warm, self._interval_start = True, time.perf_counter()
         # Reading a value back waits for the device; on the CPU it is free, elsewhere do it now and then.
-        if self._device().type == "cpu" or s.step % 25 == 0:
+        if self.model_device().type == "cpu" or s.batch % 25 == 0:
             loss = out.loss.item()
-            self._check_finite(loss)
-            self.bar.update(s.batch, out.n, loss)
+            if not math.isfinite(loss):
+                self._bad_loss = loss
+            self.bar.update(s.batch, n, loss, s.step + step_done)
+            if self.board and step_done:
+                self.board.scalars(s.step + 1, {"train/loss": loss, "train/lr": self.optimizer.param_groups[0]["lr"]})
 
     def _check_finite(self, value: float) -> None:
         if math.isfinite(value):
@@ -292,14 +363,14 @@ class Trainer:
     def _evaluate_and_checkpoint(self) -> str | None:
         """Evaluate, log a line, keep the best weights, write a resumable checkpoint; maybe stop early."""
         s, t = self.state, self.cfg.train
-        loss = self.meter.mean_loss()
+        loss, means = self.meter.reduce(self.dist)
         self._check_finite(loss)
         self.train_rate = self._interval_rate() or self.train_rate  # nothing timed yet: keep the last figure
         record: dict[str, Any] = {
             "epoch": round(s.epoch + s.batch / len(self.train_data), 3),
             "step": s.step,
             "train_loss": loss,
-            **self.meter.means(),
+            **means,
         }
         val = {}
         if self.evaluate_fn is not None:
@@ -317,12 +388,25 @@ class Trainer:
             }
         )
         self.history.append(record)
-        ckpt.append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
+        if self.dist.main:
+            ckpt.append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
+        if self.board:
+            self.board.scalars(
+                s.step,
+                {
+                    k.replace("_", "/", 1): v
+                    for k, v in record.items()
+                    if isinstance(v, float) and k.startswith(("train_", "val_"))
+                },
+            )
 
         # "Best" means best on validation; without validation data the latest weights are kept.
         improved = bool(val) and self._improves(record.get(f"val_{self.monitor_key}"))
         if improved or t.keep == "last" or not val:
-            ckpt.save_weights(self.run_dir / ckpt.WEIGHTS_FILE, ckpt.cpu_state_dict(self.model))
+            weights = ckpt.cpu_state_dict(self.model)
+            if self.dist.main:
+                ckpt.save_weights(self.run_dir / ckpt.WEIGHTS_FILE, weights)
+            self._best_weights = weights if improved else self._best_weights
         if improved:
             s.best, s.best_step, s.evals_since_best = record[f"val_{self.monitor_key}"], s.step, 0
             self.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
@@ -336,7 +420,7 @@ class Trainer:
         say(
             f"{where}  {format_metrics(shown)}  {self.train_rate or 0:,.0f} samples/s  {format_seconds(self.elapsed())}"
             + ("  *" if improved else ""),
-            t.quiet,
+            t.quiet or not self.dist.main,
         )
         if t.early_stop and s.evals_since_best >= t.early_stop:
             return "early-stop"
@@ -351,43 +435,60 @@ class Trainer:
         return value > best if self.monitor_mode == "max" else value < best
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def _device(self) -> torch.device:
+    def model_device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def _save_trainer(self) -> None:
+        """trainer.pt: what every process needs to continue exactly (each its own random state,
+        carried state and loss sums), gathered and written by rank 0."""
         self.state.elapsed = self.elapsed()
         rng = {"torch": torch.get_rng_state()}
-        if self._device().type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        ckpt.save_trainer(
-            self.run_dir / ckpt.TRAINER_FILE,
-            {
-                "model": ckpt.cpu_state_dict(self.model),
-                "optimizer": self.optimizer.state_dict(),
-                "precision": self.precision.state_dict(),
-                "state": asdict(self.state),
-                "meter": self.meter.state_dict(),
-                "carry": self.carry.state_dict() if self.carry is not None else {},
-                "rng": rng,
-            },
-        )
+        if self.model_device().type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.model_device())
+        own = {
+            "rng": rng,
+            "meter": self.meter.state_dict(),
+            "carry": self.carry.state_dict() if self.carry is not None else {},
+        }
+        ranks = self.dist.gather(own)
+        if self.dist.main:
+            ckpt.save_trainer(
+                self.run_dir / ckpt.TRAINER_FILE,
+                {
+                    "model": ckpt.cpu_state_dict(self.model),
+                    "optimizer": self.optimizer.state_dict(),
+                    "precision": self.precision.state_dict(),
+                    "state": asdict(self.state),
+                    "ranks": ranks,
+                },
+            )
         self._last_saved_step = self.state.step
 
     def resume_from(self, saved: dict[str, Any]) -> None:
         """Continue exactly where a saved run stopped: weights, optimizer, position in the data, RNG."""
         try:
+            world = saved["state"].get("world", 1)
+            if world != self.dist.world:
+                raise LaminaError(
+                    f"{self.run_dir} was trained by {world} process(es); resume it with as many "
+                    f"(torchrun --nproc-per-node {world}), not {self.dist.world}"
+                )
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.precision.load_state_dict(saved.get("precision", {}))
             self.state = TrainState(**saved["state"])
-            self.meter.load_state_dict(saved["meter"])
+            # trainer.pt of one process written before processes kept their own states: the same, as a list
+            ranks = saved.get("ranks") or [{k: saved[k] for k in ("rng", "meter", "carry") if k in saved}]
+            mine = ranks[self.dist.rank]
+            self.meter.load_state_dict(mine["meter"])
             if self.carry is not None:
-                self.carry.load_state_dict(saved.get("carry", {}))
-            torch.set_rng_state(saved["rng"]["torch"])
-            cuda_states = saved["rng"].get("cuda", [])
-            for i in range(min(len(cuda_states), torch.cuda.device_count())):
-                torch.cuda.set_rng_state(cuda_states[i], i)
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                self.carry.load_state_dict(mine.get("carry", {}))
+            torch.set_rng_state(mine["rng"]["torch"])
+            if "cuda" in mine["rng"] and self.model_device().type == "cuda":
+                torch.cuda.set_rng_state(mine["rng"]["cuda"], self.model_device())
+        except LaminaError:
+            raise
+        except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as exc:
             raise LaminaError(
                 f"cannot resume from {self.run_dir / ckpt.TRAINER_FILE}: {str(exc).splitlines()[0]}"
             ) from None
@@ -397,8 +498,9 @@ class Trainer:
         self.history = [
             r for r in ckpt.read_jsonl(self.run_dir / ckpt.METRICS_FILE) if r.get("step", 0) <= self.state.step
         ]
-        text = "".join(json.dumps(r) + "\n" for r in self.history)
-        ckpt.atomic_write(self.run_dir / ckpt.METRICS_FILE, lambda tmp: tmp.write_text(text))
+        if self.dist.main:
+            text = "".join(json.dumps(r) + "\n" for r in self.history)
+            ckpt.atomic_write(self.run_dir / ckpt.METRICS_FILE, lambda tmp: tmp.write_text(text))
         if self.state.best is not None:
             self.best_metrics = next(
                 (

@@ -1,4 +1,11 @@
-"""The interface every image classifier shares: a backbone mapping images to a feature vector, and a head.
+"""The interface every image classifier shares: input normalisation, a backbone mapping images to a
+feature vector, and a head.
+
+The model takes images as they are stored, (B, C, H, W) uint8 (or float in [0, 1]), and normalises
+them with the mean and standard deviation of its training images, kept as buffers in its weights
+(torchvision's detection models do the same with their transform): evaluation, prediction, a server
+and an exported graph all see exactly the same preprocessing, and a transferred backbone keeps the
+normalisation it learned with.
 
 Transfer learning builds the model with a head sized for the new labels, copies another run's
 backbone into ``features`` and optionally freezes it; ``reset_head`` does the same in place for users
@@ -11,9 +18,30 @@ import torch
 from torch import nn
 
 
-class ImageClassifier(nn.Module):
-    def __init__(self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0):
+class Normalize(nn.Module):
+    """(B, C, H, W) uint8 0-255 or float 0-1 -> (x - mean) / std per channel, float32."""
+
+    def __init__(self, channels: int):
         super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    def set(self, mean: list[float], std: list[float]) -> None:
+        with torch.no_grad():
+            self.mean.copy_(torch.tensor(mean).view_as(self.mean))
+            self.std.copy_(torch.tensor(std).view_as(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() * (1 / 255) if not x.is_floating_point() else x.float()
+        return (x - self.mean) * (1 / self.std)  # keeps the input's memory format (channels-last)
+
+
+class ImageClassifier(nn.Module):
+    def __init__(
+        self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0, in_channels: int = 1
+    ):
+        super().__init__()
+        self.normalize = Normalize(in_channels)
         self.features = features  # (B, C, H, W) -> (B, num_features)
         self.num_features = num_features
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -21,7 +49,7 @@ class ImageClassifier(nn.Module):
         self.frozen = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (B, F)
+        return self.features(self.normalize(x))  # (B, F)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.forward_features(x)))  # (B, num_classes)

@@ -16,7 +16,7 @@ def _densenet(growth_rate, block_config, num_init_features, in_channels, num_cla
     net.features.pool0 = nn.Identity()
     num_features = net.classifier.in_features
     net.classifier = nn.Identity()  # torchvision's forward then returns the pooled features
-    return ImageClassifier(net, num_features, num_classes, dropout)
+    return ImageClassifier(net, num_features, num_classes, dropout, in_channels)
 
 
 @register_model("classify", "densenet-s", "small DenseNet-BC: growth 12, blocks of 4/8/8 layers")

@@ -37,4 +37,4 @@ def lenet5(
         nn.Linear(120, 84),
         Act(),
     )
-    return ImageClassifier(features, 84, num_classes, dropout)
+    return ImageClassifier(features, 84, num_classes, dropout, in_channels)

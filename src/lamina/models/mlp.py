@@ -30,4 +30,5 @@ def mlp(
 ) -> ImageClassifier:
     hidden = list(hidden)
     features = mlp_features(in_channels * image_size * image_size, hidden, act, dropout)
-    return ImageClassifier(features, hidden[-1] if hidden else in_channels * image_size * image_size, num_classes)
+    width = hidden[-1] if hidden else in_channels * image_size * image_size
+    return ImageClassifier(features, width, num_classes, in_channels=in_channels)

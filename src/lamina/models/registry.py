@@ -8,6 +8,8 @@ get_model("classify", "vgg-s", in_channels=1, num_classes=10, image_size=28)
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,12 @@ def register_model(task: str, name: str, description: str):
         return builder
 
     return decorator
+
+
+def register_variant(task: str, name: str, description: str, family: Callable[..., nn.Module], *args, **defaults):
+    """Register a variant of a configurable family: family(*args, **defaults, **options). Its options
+    and their defaults (with the variant's own) are what `lamina config` lists."""
+    return register_model(task, name, description)(functools.partial(family, *args, **defaults))
 
 
 def get_spec(task: str, name: str) -> ModelSpec:
@@ -74,6 +82,14 @@ def check_options(task: str, name: str, options: dict) -> None:
             raise UsageError(f"model {name!r} has no option {unknown[1]!r}") from None
     except Exception:  # noqa: BLE001 - anything else surfaces, with its own message, when the model is built
         pass
+
+
+def model_options(task: str, name: str) -> dict[str, object]:
+    """The keyword options of a model and their defaults (the model.<option> keys of --set), read
+    off its builder's signature."""
+    signature = inspect.signature(get_spec(task, name).builder)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in signature.parameters.values() if p.kind in kinds and p.default is not p.empty}
 
 
 def list_models(task: str | None = None) -> list[ModelSpec]:

@@ -12,7 +12,7 @@ from torchvision.models import resnet as tv_resnet
 
 from lamina.models.classifier import GlobalPool, ImageClassifier
 from lamina.models.layers import conv_norm_act, norm_layer
-from lamina.models.registry import register_model
+from lamina.models.registry import register_model, register_variant
 
 
 def _stage(cin: int, cout: int, blocks: int, stride: int, norm) -> nn.Sequential:
@@ -36,17 +36,26 @@ def small_resnet_features(in_channels: int, widths: list[int], blocks: list[int]
 
 
 def _small_resnet(widths, blocks, in_channels=1, num_classes=10, image_size=28, norm="batch", dropout=0.0):
-    return ImageClassifier(small_resnet_features(in_channels, widths, blocks, norm), widths[-1], num_classes, dropout)
+    features = small_resnet_features(in_channels, widths, blocks, norm)
+    return ImageClassifier(features, widths[-1], num_classes, dropout, in_channels)
 
 
-@register_model("classify", "resnet8", "small residual net: stem 32, stages 32/64/128 with one basic block each")
-def resnet8(**kwargs) -> ImageClassifier:
-    return _small_resnet([32, 64, 128], [1, 1, 1], **kwargs)
-
-
-@register_model("classify", "resnet20", "CIFAR-style ResNet-20: stages 16/32/64 with three basic blocks each")
-def resnet20(**kwargs) -> ImageClassifier:
-    return _small_resnet([16, 32, 64], [3, 3, 3], **kwargs)
+register_variant(
+    "classify",
+    "resnet8",
+    "small residual net: stem 32, stages 32/64/128 with one basic block each",
+    _small_resnet,
+    [32, 64, 128],
+    [1, 1, 1],
+)
+register_variant(
+    "classify",
+    "resnet20",
+    "CIFAR-style ResNet-20: stages 16/32/64 with three basic blocks each",
+    _small_resnet,
+    [16, 32, 64],
+    [3, 3, 3],
+)
 
 
 @register_model("classify", "resnet18", "torchvision ResNet-18 with a 3x3 stride-1 stem for small images")
@@ -56,4 +65,4 @@ def resnet18(in_channels=1, num_classes=10, image_size=28, dropout=0.0) -> Image
     net.maxpool = nn.Identity()  # keep resolution: 28x28 maps would shrink to 1x1 far too early
     num_features = net.fc.in_features
     net.fc = nn.Identity()  # torchvision's forward then ends with the pooled, flattened features
-    return ImageClassifier(net, num_features, num_classes, dropout)
+    return ImageClassifier(net, num_features, num_classes, dropout, in_channels)

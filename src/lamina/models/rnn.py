@@ -4,7 +4,8 @@
 
 One class for the three cells, thin registered builders per cell. The interface every language
 model in lamina shares: ``forward(x, targets=None, state=None) -> (logits, loss, state)`` and
-``generate(...)``, which yields one token at a time so callers can stream text as it is produced.
+``generate(...)``, which yields one token at a time so callers can stream text as it is produced,
+and ``decode_step`` for the beam search of lamina.models.decoding.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lamina.models.registry import register_model
+from lamina.models.registry import register_variant
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h, or (h, c) for an LSTM; each (layers, B, H)
@@ -110,25 +111,10 @@ class CharRNN(nn.Module):
             token = torch.multinomial(last.softmax(-1), 1, generator=generator)[None]  # (1, 1)
             yield int(token)
 
-    @torch.no_grad()
-    def beam_search(self, prompt: torch.Tensor, length: int, beam: int) -> tuple[list[int], float]:
-        """The most likely continuation of `length` tokens under the model (beam search); returns
-        (tokens, total log-probability)."""
-        with one_step_kernels():
-            logits, _, state = self(prompt[None])
-        logp = logits[0, -1].float().log_softmax(-1)  # (V,)
-        scores, first = logp.topk(min(beam, logp.numel()))  # (K,)
-        seqs = first[:, None]  # (K, 1)
-        state = _repeat_state(state, len(first))
-        for _ in range(length - 1):
-            with one_step_kernels():
-                logits, _, state = self(seqs[:, -1:], state=state)
-            total = scores[:, None] + logits[:, -1].float().log_softmax(-1)  # (K, V)
-            scores, flat = total.flatten().topk(min(beam, total.numel()))
-            parent, token = flat // total.shape[1], flat % total.shape[1]
-            seqs = torch.cat([seqs[parent], token[:, None]], dim=1)
-            state = _select_state(state, parent)
-        return seqs[0].tolist(), float(scores[0])
+    def decode_step(self, tokens: torch.Tensor, state: State | None, memory=None) -> tuple[torch.Tensor, State, None]:
+        """One step of every row, for lamina.models.decoding: tokens (N,) -> log-probabilities (N, V)."""
+        logits, _, state = self(tokens[:, None], state=state)
+        return logits[:, 0].float().log_softmax(-1), state, None
 
 
 def run_rnn(rnn: nn.RNNBase, x, state: State | None = None):
@@ -154,18 +140,6 @@ def one_step_kernels():
         torch._C._set_mkldnn_enabled(before)
 
 
-def _repeat_state(state: State, k: int) -> State:
-    if isinstance(state, tuple):
-        return tuple(s.repeat(1, k, 1) for s in state)  # type: ignore[return-value]
-    return state.repeat(1, k, 1)
-
-
-def _select_state(state: State, rows: torch.Tensor) -> State:
-    if isinstance(state, tuple):
-        return tuple(s[:, rows] for s in state)  # type: ignore[return-value]
-    return state[:, rows]
-
-
 def detach_state(state: State | None) -> State | None:
     """Truncated back-propagation through time: the state carries over (in fp32), its history does not."""
     if state is None:
@@ -179,16 +153,14 @@ def _to_float(state: State | None) -> State | None:
     return tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()  # type: ignore[return-value]
 
 
-@register_model("lm", "rnn", "vanilla RNN (tanh) character language model, Elman 1990")
-def rnn(**kwargs) -> CharRNN:
-    return CharRNN(cell="rnn", **kwargs)
-
-
-@register_model("lm", "lstm", "LSTM character language model (gated memory cell), Hochreiter & Schmidhuber 1997")
-def lstm(**kwargs) -> CharRNN:
-    return CharRNN(cell="lstm", **kwargs)
-
-
-@register_model("lm", "gru", "GRU character language model (gated recurrent unit), Cho et al. 2014")
-def gru(**kwargs) -> CharRNN:
-    return CharRNN(cell="gru", **kwargs)
+register_variant("lm", "rnn", "vanilla RNN (tanh) character language model, Elman 1990", CharRNN, cell="rnn")
+register_variant(
+    "lm",
+    "lstm",
+    "LSTM character language model (gated memory cell), Hochreiter & Schmidhuber 1997",
+    CharRNN,
+    cell="lstm",
+)
+register_variant(
+    "lm", "gru", "GRU character language model (gated recurrent unit), Cho et al. 2014", CharRNN, cell="gru"
+)

@@ -17,61 +17,17 @@ attention)`` for the search in lamina.models.decoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lamina.models.registry import register_model
+from lamina.data.vocab import PAD
+from lamina.models.attention import Attention, Memory
+from lamina.models.registry import register_variant
 from lamina.models.rnn import State, run_rnn
 
-PAD = 0  # the padding id of lamina's tokenizers (lamina.data.parallel.PAD)
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
-SCORES = ("additive", "dot", "general")
-
-
-@dataclass
-class Memory:
-    """What the decoder reads from the encoder, one row per sentence (or per beam hypothesis)."""
-
-    outputs: torch.Tensor  # (N, S, H) encoder states, zero at padding
-    keys: torch.Tensor  # (N, S, A) the states as attention scores need them (projected once per sentence)
-    mask: torch.Tensor  # (N, S) True at real source tokens
-
-    def select(self, rows: torch.Tensor) -> Memory:
-        return Memory(self.outputs[rows], self.keys[rows], self.mask[rows])
-
-
-class Attention(nn.Module):
-    """Scores e(s_t, h_j) of a decoder state against every encoder state.
-
-    additive  v . tanh(W_s s_t + W_h h_j)   (Bahdanau)
-    dot       s_t . h_j                     (Luong)
-    general   s_t . W h_j                   (Luong)
-    """
-
-    def __init__(self, score: str, hidden: int):
-        super().__init__()
-        if score not in SCORES:
-            raise ValueError(f"attention must be one of {', '.join(SCORES)}, not {score!r}")
-        self.score = score
-        self.key = nn.Identity() if score == "dot" else nn.Linear(hidden, hidden, bias=False)
-        if score == "additive":
-            self.query = nn.Linear(hidden, hidden)
-            self.v = nn.Linear(hidden, 1, bias=False)
-
-    def keys(self, outputs: torch.Tensor) -> torch.Tensor:
-        return self.key(outputs)
-
-    def forward(self, s: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """s: (N, T, H) decoder states, keys: (N, S, H) -> scores (N, T, S)."""
-        if self.score == "additive":
-            return self.v(torch.tanh(self.query(s)[:, :, None] + keys[:, None])).squeeze(
-                -1
-            )  # (N, T, S, H) -> (N, T, S)
-        return s @ keys.transpose(1, 2)
 
 
 class Seq2Seq(nn.Module):
@@ -145,10 +101,8 @@ class Seq2Seq(nn.Module):
         """Decoder states (N, T, H) -> attentional states (N, T, H) and the weights (N, T, S)."""
         if self.attention is None:
             return s, None
-        scores = self.attention(s, memory.keys).float()  # (N, T, S)
-        scores = scores.masked_fill(~memory.mask[:, None, :], float("-inf"))
-        weights = scores.softmax(-1)
-        context = weights.to(memory.outputs.dtype) @ memory.outputs  # (N, T, H)
+        weights = self.attention(s, memory)  # (N, T, S)
+        context = memory.read(weights)  # (N, T, H)
         return torch.tanh(self.combine(torch.cat([context, s.to(context.dtype)], dim=-1))), weights
 
     def decode(
@@ -188,11 +142,19 @@ def _join_directions(h: torch.Tensor) -> torch.Tensor:
     return h.view(layers2 // 2, 2, n, half).transpose(1, 2).reshape(layers2 // 2, n, 2 * half)
 
 
-@register_model("translate", "seq2seq", "LSTM encoder-decoder without attention, Sutskever et al. 2014")
-def seq2seq(**kwargs) -> Seq2Seq:
-    return Seq2Seq(**{"attention": None, "bidirectional": False, **kwargs})
-
-
-@register_model("translate", "attention", "bidirectional encoder + attentive decoder, Bahdanau et al. 2014")
-def attention(**kwargs) -> Seq2Seq:
-    return Seq2Seq(**{"attention": "additive", "bidirectional": True, **kwargs})
+register_variant(
+    "translate",
+    "seq2seq",
+    "LSTM encoder-decoder without attention, Sutskever et al. 2014",
+    Seq2Seq,
+    attention=None,
+    bidirectional=False,
+)
+register_variant(
+    "translate",
+    "attention",
+    "bidirectional encoder + attentive decoder, Bahdanau et al. 2014",
+    Seq2Seq,
+    attention="additive",
+    bidirectional=True,
+)

@@ -13,26 +13,25 @@
 
 Interface: ``forward(feats (N, T, F), lengths (N,), tgt_in=None, tgt_out=None, label_smoothing=0)
 -> (logits, loss)`` and ``recognize(feats, lengths, beam=1) -> [Hypothesis]``. Character ids follow
-lamina.data.audio: 0 is padding (and CTC's blank), 2 and 3 start and end a transcript.
+lamina.data.vocab: 0 is padding (and CTC's blank), 2 and 3 start and end a transcript.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from lamina.data.vocab import PAD
 from lamina.models import decoding
+from lamina.models.attention import LocationAttention, Memory
+from lamina.models.ctc import ctc_loss
+from lamina.models.ctc import decode as ctc_decode
 from lamina.models.decoding import Hypothesis
-from lamina.models.registry import register_model
+from lamina.models.registry import register_variant
 from lamina.models.rnn import run_rnn
-from lamina.models.seq2seq import Memory
 
-PAD, BOS, EOS = 0, 2, 3
-BLANK = PAD
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 # The joint model's CTC head reads the listener after two halvings (25 frames a second), not its top
 # (12.5 at levels=3): CTC needs a frame per character plus a blank between doubled letters, and fast
@@ -47,70 +46,6 @@ def _run_packed(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch
     out, _ = run_rnn(rnn, packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return out
-
-
-def ctc_loss(logits: torch.Tensor, frames: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
-    """Mean CTC loss per target character: logits (N, T, V), frames (N,), transcripts + EOS (N, L)."""
-    targets = tgt_out.masked_fill(tgt_out == EOS, PAD)
-    target_lengths = (tgt_out != PAD).sum(1) - 1  # the EOS is not spoken
-    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, V)
-    return F.ctc_loss(log_probs, targets, frames, target_lengths, blank=BLANK, reduction="mean", zero_infinity=True)
-
-
-def ctc_greedy(log_probs: torch.Tensor, frames: torch.Tensor) -> list[Hypothesis]:
-    """Best path: the most likely symbol per frame, repeats merged, then blanks removed
-    ('aa-ab-' -> 'a-ab-' -> 'aab': a blank between two a's keeps both)."""
-    best, ids = log_probs.max(-1)  # (N, T)
-    out = []
-    valid = torch.arange(best.shape[1], device=best.device)[None] < frames[:, None].to(best.device)
-    for row, score, n in zip(ids.tolist(), (best * valid).sum(-1).tolist(), frames.tolist()):
-        tokens, previous = [], BLANK
-        for t in row[:n]:
-            if t != previous and t != BLANK:
-                tokens.append(t)
-            previous = t
-        out.append(Hypothesis(tokens, score, None))
-    return out
-
-
-def ctc_beam(log_probs: torch.Tensor, frames: int, beam: int, prune: float = -12.0) -> Hypothesis:
-    """CTC prefix beam search of one utterance (T, V): keeps the `beam` most likely prefixes, each
-    with the probability of its alignments ending in a blank and in its last symbol, so that
-    alignments of the same text are summed rather than competing."""
-    lp = log_probs[:frames].float().cpu()
-    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix -> (ends in blank, in symbol)
-    for t in range(lp.shape[0]):
-        row = lp[t]
-        candidates = [int(c) for c in torch.nonzero(row > prune).flatten()] or [int(row.argmax())]
-        nxt: dict[tuple[int, ...], list[float]] = {}
-
-        def add(prefix, blank=-math.inf, symbol=-math.inf, nxt=nxt):
-            b, s = nxt.get(prefix, [-math.inf, -math.inf])
-            nxt[prefix] = [_logadd(b, blank), _logadd(s, symbol)]
-
-        for prefix, (pb, ps) in beams.items():
-            total = _logadd(pb, ps)
-            for c in candidates:
-                p = float(row[c])
-                if c == BLANK:
-                    add(prefix, blank=total + p)
-                elif prefix and prefix[-1] == c:
-                    add(prefix, symbol=ps + p)  # a repeat without a blank between: the same symbol
-                    add(prefix + (c,), symbol=pb + p)  # after a blank: a new occurrence
-                else:
-                    add(prefix + (c,), symbol=total + p)
-        beams = dict(sorted(((k, (v[0], v[1])) for k, v in nxt.items()), key=lambda kv: -_logadd(*kv[1]))[:beam])
-    best = max(beams.items(), key=lambda kv: _logadd(*kv[1]))
-    return Hypothesis(list(best[0]), _logadd(*best[1]), None)
-
-
-def _logadd(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    m = max(a, b)
-    return m + math.log(math.exp(a - m) + math.exp(b - m))
 
 
 # ----- CTC -----------------------------------------------------------------------------------------
@@ -160,10 +95,7 @@ class CTCRecognizer(nn.Module):
     @torch.no_grad()
     def recognize(self, feats, lengths, beam: int = 1) -> list[Hypothesis]:
         logits, _ = self.forward(feats, lengths)
-        log_probs, frames = logits.float().log_softmax(-1), self.frames_out(lengths)
-        if beam <= 1:
-            return ctc_greedy(log_probs, frames)
-        return [ctc_beam(log_probs[i], int(frames[i]), beam) for i in range(len(frames))]
+        return ctc_decode(logits.float().log_softmax(-1), self.frames_out(lengths), beam)
 
 
 # ----- Listen, Attend and Spell ---------------------------------------------------------------------
@@ -198,24 +130,6 @@ class Listener(nn.Module):
             mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
             levels.append((x * mask[..., None], lengths))  # zero at padding
         return levels
-
-
-class LocationAttention(nn.Module):
-    """e_j = v . tanh(W s + V h_j + U (K * a_prev)_j): content plus where the previous step looked."""
-
-    def __init__(self, hidden: int, dim: int, channels: int = 10, kernel: int = 31):
-        super().__init__()
-        self.query = nn.Linear(hidden, dim)
-        self.key = nn.Linear(hidden, dim, bias=False)
-        self.conv = nn.Conv1d(1, channels, kernel, padding=kernel // 2, bias=False)
-        self.location = nn.Linear(channels, dim, bias=False)
-        self.v = nn.Linear(dim, 1, bias=False)
-
-    def forward(self, s: torch.Tensor, memory: Memory, previous: torch.Tensor) -> torch.Tensor:
-        """s (N, H), previous weights (N, S) -> weights (N, S)."""
-        where = self.location(self.conv(previous[:, None]).transpose(1, 2))  # (N, S, A)
-        scores = self.v(torch.tanh(self.query(s)[:, None] + memory.keys + where)).squeeze(-1).float()  # (N, S)
-        return scores.masked_fill(~memory.mask, float("-inf")).softmax(-1)
 
 
 class LAS(nn.Module):
@@ -271,7 +185,7 @@ class LAS(nn.Module):
         h, c, feed, previous = (s[0] for s in state)
         h, c = self.cell(torch.cat([self.drop(self.embed(tokens)), feed], -1), (h, c))
         weights = self.attention(h, memory, previous)  # (N, S)
-        context = (weights[:, None].to(memory.outputs.dtype) @ memory.outputs)[:, 0]  # (N, H)
+        context = memory.read(weights[:, None])[:, 0]  # (N, H)
         feed = torch.tanh(self.combine(torch.cat([context, h], -1)))
         logits = self.head(self.drop(feed))
         return logits, (h[None], c[None], feed[None], weights[None]), weights
@@ -293,8 +207,8 @@ class LAS(nn.Module):
             )
             if self.ctc_head is not None:
                 ctc_states, ctc_frames = levels[min(CTC_LEVEL, self.levels)]
-                ctc = ctc_loss(self.ctc_head(ctc_states), ctc_frames, tgt_out)
-                loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
+                aligned = ctc_loss(self.ctc_head(ctc_states), ctc_frames, tgt_out)
+                loss = (1 - self.ctc_weight) * loss + self.ctc_weight * aligned
         return logits, loss
 
     @torch.no_grad()
@@ -303,21 +217,11 @@ class LAS(nn.Module):
         # Speech runs at about 15 characters a second and the listener keeps 100 / 2**levels frames
         # a second: twice the frames (and some) is room for any transcript.
         limit = 2 * memory.outputs.shape[1] * 2 ** max(0, self.levels - 3) + 10
-        if beam <= 1:
-            return decoding.greedy(self, memory, state, limit, alpha=1.0)
-        return decoding.beam_search(self, memory, state, beam, limit, alpha=1.0)
+        return decoding.search(self, memory, state, beam, limit, alpha=1.0)
 
 
-@register_model("transcribe", "las", "pyramidal BiLSTM listener + attentive LSTM speller, Chan et al. 2016")
-def las(**kwargs) -> LAS:
-    return LAS(**kwargs)
-
-
-@register_model("transcribe", "joint", "las trained jointly with a CTC head (weight 0.3), Kim et al. 2017")
-def joint(**kwargs) -> LAS:
-    return LAS(**{"ctc_weight": 0.3, **kwargs})
-
-
-@register_model("transcribe", "ctc", "conv subsampling + BiGRU + CTC loss, Graves et al. 2006")
-def ctc(**kwargs) -> CTCRecognizer:
-    return CTCRecognizer(**kwargs)
+register_variant("transcribe", "las", "pyramidal BiLSTM listener + attentive LSTM speller, Chan et al. 2016", LAS)
+register_variant(
+    "transcribe", "joint", "las trained jointly with a CTC head (weight 0.3), Kim et al. 2017", LAS, ctc_weight=0.3
+)
+register_variant("transcribe", "ctc", "conv subsampling + BiGRU + CTC loss, Graves et al. 2006", CTCRecognizer)

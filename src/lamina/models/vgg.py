@@ -10,7 +10,7 @@ from torch import nn
 
 from lamina.models.classifier import GlobalPool, ImageClassifier
 from lamina.models.layers import act_layer, conv_norm_act, norm_layer
-from lamina.models.registry import register_model
+from lamina.models.registry import register_variant
 
 
 def vgg_features(
@@ -33,24 +33,34 @@ def vgg_features(
 
 def _vgg(stages, in_channels=1, num_classes=10, image_size=28, norm="batch", act="relu", pool="max", dropout=0.0):
     features, num_features = vgg_features(in_channels, image_size, stages, norm, act, pool)
-    return ImageClassifier(features, num_features, num_classes, dropout=dropout)
+    return ImageClassifier(features, num_features, num_classes, dropout=dropout, in_channels=in_channels)
 
 
-@register_model("classify", "vgg-s", "small VGG-style net: conv 32, 64, 128, each followed by max pooling (fast)")
-def vgg_s(**kwargs) -> ImageClassifier:
-    return _vgg([[32], [64], [128]], **kwargs)
-
-
-@register_model("classify", "vgg-m", "VGG-style net: conv 32 32 | 64 64 | 128 128, pooled after each stage")
-def vgg_m(**kwargs) -> ImageClassifier:
-    return _vgg([[32, 32], [64, 64], [128, 128]], **kwargs)
-
-
-@register_model("classify", "vgg-l", "VGG-style net: conv 64 64 | 128 128 | 256 256, pooled after each stage")
-def vgg_l(**kwargs) -> ImageClassifier:
-    return _vgg([[64, 64], [128, 128], [256, 256]], **kwargs)
-
-
-@register_model("classify", "vgg11", "VGG-11 layout with batch norm (64 | 128 | 256x2 | 512x2 | 512x2)")
-def vgg11(**kwargs) -> ImageClassifier:
-    return _vgg([[64], [128], [256, 256], [512, 512], [512, 512]], **kwargs)
+register_variant(
+    "classify",
+    "vgg-s",
+    "small VGG-style net: conv 32, 64, 128, each followed by max pooling (fast)",
+    _vgg,
+    [[32], [64], [128]],
+)
+register_variant(
+    "classify",
+    "vgg-m",
+    "VGG-style net: conv 32 32 | 64 64 | 128 128, pooled after each stage",
+    _vgg,
+    [[32, 32], [64, 64], [128, 128]],
+)
+register_variant(
+    "classify",
+    "vgg-l",
+    "VGG-style net: conv 64 64 | 128 128 | 256 256, pooled after each stage",
+    _vgg,
+    [[64, 64], [128, 128], [256, 256]],
+)
+register_variant(
+    "classify",
+    "vgg11",
+    "VGG-11 layout with batch norm (64 | 128 | 256x2 | 512x2 | 512x2)",
+    _vgg,
+    [[64], [128], [256, 256], [512, 512], [512, 512]],
+)

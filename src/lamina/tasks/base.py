@@ -1,23 +1,54 @@
-"""What a task (an application) hands the engine and the API.
+"""The Task contract: everything the engine, the API and the CLI need to know about one application.
 
-A task couples data, a model from the registry, a loss (the error signal), metrics and prediction.
-The engine only calls ``step`` and ``evaluate``; the API calls the rest. One level of inheritance,
-no more: a task overrides what it needs.
+A task couples data, a model from the registry, a loss (the error signal), metrics and its verbs.
+It declares, as class attributes:
+
+    name, description     what it is called and does (lamina train NAME)
+    Data                  its data.* settings: a DataConfig subclass (flags included, e.g. --val)
+    defaults              dotted settings it changes from the shared defaults (optim.lr, model.name, ...)
+    datasets              names of registered datasets it reads (lamina.data.sources), and
+    data_paths            what else --data takes (a folder of images, a text file, ...)
+    monitor               the validation metric that picks the best checkpoint, and "min" or "max"
+    verbs                 what its runs do besides predict and evaluate (commands.Verb)
+    predict_args, evaluate_args   options of `lamina predict` and `lamina evaluate` for its runs
+    resume_keys           meta keys that must not change when a run resumes (its classes, vocabulary)
+    data_model_args       model builder arguments the data decides (number of classes, vocabulary size)
+    transfer              whether --init RUN (and --freeze) work
+    libraries             distributions whose versions affect its results (recorded in lamina.json)
+
+and implements the methods below. The engine only calls ``step`` and ``evaluate``; the API the rest.
+One level of inheritance, no more: a task overrides what it needs.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
 
-from lamina.config import RunConfig
+from lamina.commands import Arg, Verb
+from lamina.config import DataConfig, RunConfig
 from lamina.engine.device import Precision
+from lamina.engine.distributed import Distributed
 from lamina.engine.loop import BatchStream, StepOutput
 from lamina.errors import UsageError
+
+# Settings that decide the data order, the model or the optimizer: a resumed run must keep them.
+FIXED_ON_RESUME = (
+    "data.",
+    "model.",
+    "train.batch_size",
+    "train.accumulate",
+    "train.seed",
+    "train.init",
+    "train.freeze",
+    "optim.name",
+)
 
 
 @dataclass
@@ -27,7 +58,7 @@ class Prepared:
     train: BatchStream
     val: BatchStream | None
     test: BatchStream | None
-    meta: dict[str, Any]  # labels, vocabularies, input shape, normalisation, data provenance
+    meta: dict[str, Any]  # labels, vocabularies, input shape, preprocessing, data provenance
     model_args: dict[str, Any] = field(default_factory=dict)  # builder arguments implied by the data
     # Validation measured in full after training, where `val` is a quick estimate during training.
     final_val: BatchStream | None = None
@@ -37,13 +68,31 @@ class Prepared:
 class Task:
     name: str = ""
     description: str = ""
-    monitor: tuple[str, str] = ("loss", "min")  # validation metric that picks the best checkpoint
-    defaults: dict[str, Any] = {}  # dotted config keys layered over the dataclass defaults
-    datasets: dict[str, str] = {}  # registered data names -> one-line description
+    Data: type[DataConfig] = DataConfig
+    defaults: dict[str, Any] = {}
+    datasets: tuple[str, ...] = ()
+    data_paths: str = ""  # what --data PATH may be, for `lamina data list`
+    monitor: tuple[str, str] = ("loss", "min")
+    verbs: tuple[Verb, ...] = ()
+    predict_args: tuple[Arg, ...] = ()
+    evaluate_args: tuple[Arg, ...] = ()
+    resume_keys: tuple[str, ...] = ()
+    data_model_args: tuple[str, ...] = ()  # builder arguments the data decides (Prepared.model_args)
+    fixed_on_resume: tuple[str, ...] = FIXED_ON_RESUME
+    transfer: bool = False
+    libraries: tuple[str, ...] = ()
 
-    def __init__(self, cfg: RunConfig, device: torch.device, precision: Precision, run_dir: Path | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        device: torch.device,
+        precision: Precision,
+        run_dir: Path | None = None,
+        dist: Distributed | None = None,
+    ):
         self.cfg, self.device, self.precision = cfg, device, precision
         self.run_dir = run_dir  # the run's directory, for the files a task keeps there (Prepared.files)
+        self.dist = dist or Distributed()  # which process of how many: evaluation is shared between them
 
     @classmethod
     def normalise_data(cls, name: str) -> str:
@@ -54,17 +103,17 @@ class Task:
         path = Path(name).expanduser()
         return str(path.resolve()) if path.exists() else name
 
+    # ----- training -------------------------------------------------------------------------------
     def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
-        """Data for training. `previous_meta`: the saved meta of the run being resumed, whose
-        normalisation must be kept."""
+        """Data for training. `previous_meta`: the meta of the run being resumed (or of the main
+        process, in the others), whose vocabulary and preprocessing must be kept."""
         raise NotImplementedError
 
-    def has_split(self, data: str, split: str) -> bool:
-        raise NotImplementedError
-
-    def views(self) -> int:
-        """Forward passes per sample in the final evaluation (test-time augmentation), for time budgets."""
-        return 1
+    def setup_model(self, model: nn.Module, meta: dict[str, Any], resume: bool) -> None:
+        """Called once the model is built for training: transfer (--init, --freeze) and whatever the
+        data decides beyond the builder's arguments."""
+        if self.cfg.train.init or self.cfg.train.freeze:
+            raise UsageError(f"task {self.name!r} does not support --init or --freeze")
 
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         raise NotImplementedError
@@ -76,20 +125,89 @@ class Task:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def views(self) -> int:
+        """Forward passes per sample in the final evaluation (test-time augmentation, decoding), for
+        time budgets."""
+        return 1
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: BatchStream, tta: bool | None = None) -> dict[str, float]:
-        """Metrics on a stream, 'loss' included; called during training (tta=False: one view, fast
-        model selection) and at its end (tta=None: as the run is configured)."""
+        """Metrics on a stream, 'loss' included; called during training (tta=False: fast, for model
+        selection) and at its end (tta=None: as the run is configured). Every process evaluates its
+        share of the stream (self.dist) and all return the metrics of the whole of it."""
         raise NotImplementedError
 
-    def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path) -> dict[str, Any]:
-        """The full evaluation of `lamina evaluate`: {'n': ..., 'metrics': {...}, 'plots': [paths]}."""
+    # ----- using a trained run --------------------------------------------------------------------
+    def has_split(self, data: str, split: str) -> bool:
         raise NotImplementedError
 
-    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list[str], **options) -> list[dict[str, Any]]:
-        """One result dict per input; a bad input gets {'error': ...} and the others go on."""
+    def report(
+        self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path, **options
+    ) -> dict[str, Any]:
+        """`lamina evaluate`: {'n': ..., 'metrics': {...}, 'plots': [paths], 'files': [paths]}."""
         raise NotImplementedError
 
-    def init_from(self, model: nn.Module, run_dir: str | Path, freeze: bool) -> None:
-        """Start from another run's weights (transfer)."""
-        raise UsageError(f"task {self.name!r} does not support --init")
+    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
+        """{'results': [one dict per input]}; a bad input gets {'error': ...} and the others go on."""
+        raise NotImplementedError
+
+    # ----- how results read on a terminal ---------------------------------------------------------
+    @classmethod
+    def headline(cls, metrics: dict[str, Any]) -> str:
+        """The one figure `lamina train` ends with, e.g. 'test accuracy 92.76%' ('' for none)."""
+        return ""
+
+    @classmethod
+    def render(cls, verb: str, result: dict[str, Any], out: TextIO | None = None) -> None:
+        """Print a verb's result for a person (--json prints the dict itself). Entries with an
+        'error' have been reported on stderr already."""
+        out = out or sys.stdout
+        renderer = getattr(cls, f"render_{verb.replace('-', '_')}", None)
+        if renderer is None:
+            print(json.dumps(result, indent=1, default=str), file=out)
+        else:
+            renderer(result, out)
+
+    @classmethod
+    def render_train(cls, s: dict[str, Any], out: TextIO) -> None:
+        if s["status"] == "interrupted":
+            print(f"interrupted at step {s['steps']}; continue with: lamina train --resume {s['run']}", file=sys.stderr)
+            return
+        for split in ("val", "test"):
+            m = s.get("metrics", {}).get(split)
+            if m:
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+                print(f"{split}: {shown}" + (f"  ({m['n']:,} samples)" if "n" in m else ""), file=out)
+        headline = cls.headline(s.get("metrics", {}))
+        print(
+            f"{headline + ' after' if headline else 'done in'} {s['seconds']:.1f} s ({s['epochs']:.2f} epochs, "
+            f"{s['precision']}); run saved in {s['run']}",
+            file=out,
+        )
+
+    @classmethod
+    def render_evaluate(cls, result: dict[str, Any], out: TextIO) -> None:
+        m = result["metrics"]
+        print(f"{result['task']} on {result['data']} ({result['split']}, {result['n']:,} samples)", file=out)
+        for key, value in m.items():
+            if isinstance(value, float):
+                print(f"  {key:16s} {value:.4f}", file=out)
+        if "decoding" in result:
+            print("  decoding         " + ", ".join(f"{k} {v}" for k, v in result["decoding"].items()), file=out)
+        for key, value in m.items():  # breakdowns: {group: {metric: value}} (per class, length, noise ...)
+            if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+                render_breakdown(key, value, out)
+        for path in [*result.get("files", []), *result.get("plots", [])]:
+            print(f"wrote {path}", file=out)
+
+
+def render_breakdown(title: str, rows: dict[str, dict[str, Any]], out: TextIO) -> None:
+    """A table with one row per group and one column per figure."""
+    columns = list(dict.fromkeys(k for r in rows.values() for k in r))
+    print(f"  {title.replace('_', ' '):20s} " + " ".join(f"{c:>9s}" for c in columns), file=out)
+    for name, r in rows.items():
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            cells.append(f"{v:9.4f}" if isinstance(v, float) else f"{'-' if v is None else v:>9}")
+        print(f"  {str(name)[:20]:20s} " + " ".join(cells), file=out)

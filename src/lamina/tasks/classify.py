@@ -2,36 +2,66 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina import metrics
+from lamina.commands import arg
+from lamina.config import NON_NEGATIVE, PROBABILITY, DataConfig, setting
 from lamina.data import images as img
 from lamina.data.sources import FASHION_MNIST
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, choices
+from lamina.tasks import register_task
 from lamina.tasks.base import Prepared, Task
 
-DATASETS = {FASHION_MNIST.name: FASHION_MNIST.description}
+
+@dataclass
+class ClassifyData(DataConfig):
+    """Images and their augmentation."""
+
+    name: str = setting(
+        "fashion-mnist",
+        "fashion-mnist, or a folder of class sub-folders of images (optionally split into train/, val/, test/)",
+        flag="--data",
+        metavar="NAME|PATH",
+    )
+    val_fraction: float = setting(
+        0.1,
+        "held out from training (stratified, deterministic) when there is no val/ split",
+        check=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    )
+    classes: list[int] | None = setting(None, "keep only these class indices (relabelled 0..k-1), e.g. [5,6,7]")
+    per_class: int = setting(0, "at most this many training images per class (0: all)", check=NON_NEGATIVE)
+    image_size: int = setting(
+        0, "side of the square images fed to the model (0: the dataset's own, at most 64)", check=NON_NEGATIVE
+    )
+    flip: bool = setting(True, "random horizontal flips in training")
+    # Flips only by default: shifted crops pay off in long runs, not in a few minutes.
+    crop_padding: int = setting(0, "random crops after zero padding by this many pixels (0: off)", check=NON_NEGATIVE)
+    erase: float = setting(0.0, "probability of random erasing per training image (0: off)", check=PROBABILITY)
+    tta: bool = setting(True, "average predictions over the image and its mirror (when trained with flips)")
 
 
+@register_task
 class ClassifyTask(Task):
     name = "classify"
     description = "image classification with MLPs and convolutional networks"
+    Data = ClassifyData
     monitor = ("accuracy", "max")
-    defaults = {
-        "data.name": "fashion-mnist",
-        "data.crop_padding": 0,  # flips only: shifted crops pay off in long runs, not in a few minutes
-        "model.name": "vgg-s",
-        "optim.lr": 0.2,
-        "train.label_smoothing": 0.1,
-    }
-    datasets = DATASETS
+    defaults = {"model.name": "vgg-s", "optim.lr": 0.2, "train.label_smoothing": 0.1}
+    datasets = (FASHION_MNIST.name,)
+    data_paths = "a folder of class sub-folders of images"
+    data_model_args = ("in_channels", "num_classes", "image_size")
+    resume_keys = ("classes", "channels", "image_size")
+    transfer = True
+    predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely classes to show"),)
 
     # ----- data ---------------------------------------------------------------------------------
     def load_splits(
@@ -44,16 +74,14 @@ class ClassifyTask(Task):
         just that split is decoded (and the training images when validation is carved out of them).
         """
         d = self.cfg.data
-        if name == "fashion-mnist":
-            splits: dict[str, img.ImageSet | None] = {
-                "test": img.fashion_mnist("test") if only in (None, "test") else None
-            }
+        if name == FASHION_MNIST.name:
+            splits = {"test": img.fashion_mnist("test") if only in (None, "test") else None}
             if only != "test":
                 splits["train"], splits["val"] = img.stratified_split(img.fashion_mnist("train"), d.val_fraction)
             return splits
         path = Path(name).expanduser()
         if not path.exists() and "/" not in name and not name.startswith(("~", ".")):
-            raise UsageError(f"unknown dataset {name!r}; choose from: {choices(DATASETS)}, or give a folder path")
+            raise UsageError(f"unknown dataset {name!r}; choose from: {choices(self.datasets)}, or give a folder path")
         layout = img.folder_layout(path)
         if "train" not in layout:
             raise LaminaError(f"{path} has {', '.join(sorted(layout))}/ but no train/ folder to learn from")
@@ -95,6 +123,7 @@ class ClassifyTask(Task):
             "image_size": size,
             "mean": mean,
             "std": std,
+            "resize": "shorter side, then centre crop (bilinear)",
         }
         val, test = [align_classes(splits[s], train.classes, size) if splits[s] else None for s in ("val", "test")]
         source = FASHION_MNIST.locate() if d.name == FASHION_MNIST.name else d.name
@@ -137,7 +166,7 @@ class ClassifyTask(Task):
         return align_classes(data, meta["classes"], meta["image_size"])
 
     def has_split(self, data: str, split: str) -> bool:
-        if data in DATASETS:
+        if data in self.datasets:
             return split in ("train", "val", "test")
         path = Path(data).expanduser()
         return path.is_dir() and split in img.folder_layout(path)
@@ -146,21 +175,29 @@ class ClassifyTask(Task):
         d, t = self.cfg.data, self.cfg.train
         return img.ImageBatches(
             data,
-            t.batch_size if train else max(t.batch_size, 512),
-            meta["mean"],
-            meta["std"],
+            t.batch_size * self.dist.world if train else max(t.batch_size, 512),
             self.device,
             train=train,
             seed=t.seed,
             flip=d.flip and train,
             crop_padding=d.crop_padding if train else 0,
             erase=d.erase if train else 0.0,
+            fill=meta["mean"],
             channels_last=t.channels_last,
         )
 
     # ----- model --------------------------------------------------------------------------------
-    def init_from(self, model: nn.Module, run_dir: str | Path, freeze: bool) -> None:
-        """Transfer: copy another run's backbone into `model` (whose head is sized for the new labels)."""
+    def setup_model(self, model: nn.Module, meta: dict[str, Any], resume: bool) -> None:
+        """The training images' normalisation into the model; then transfer: another run's backbone
+        (with the normalisation it learned with) into `model`, whose head is sized for the new labels."""
+        model.normalize.set(meta["mean"], meta["std"])
+        t = self.cfg.train
+        if t.init and not resume:
+            self.init_from(model, t.init)
+        if t.freeze:
+            model.freeze_features()  # resuming a frozen transfer run: the weights come from trainer.pt
+
+    def init_from(self, model: nn.Module, run_dir: str | Path) -> None:
         info = ckpt.read_run(run_dir, task=self.name)
         state = ckpt.load_weights(Path(run_dir) / ckpt.WEIGHTS_FILE)
         backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -178,12 +215,10 @@ class ClassifyTask(Task):
                 f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. "
                 f"{(missing + unexpected)[0]}"
             )
-        if freeze:
-            model.freeze_features()
 
     # ----- loss, metrics, prediction ------------------------------------------------------------
     def step(self, model: nn.Module, batch) -> StepOutput:
-        x, y = batch  # (B, C, H, W), (B,)
+        x, y = batch  # (B, C, H, W) uint8, (B,)
         logits = model(x)  # (B, K)
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
         return StepOutput(loss, len(y), {"accuracy": (logits.argmax(1) == y).sum()})
@@ -205,20 +240,19 @@ class ClassifyTask(Task):
     def predict_all(
         self, model: nn.Module, batches: img.ImageBatches, tta: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and labels of the whole stream; each process computes its share."""
         model.eval()
-        probs, labels = [], []
-        for x, y in batches.epoch():
-            probs.append(self.probabilities(model, x, tta).cpu())
-            labels.append(y.cpu())
-        return torch.cat(probs), torch.cat(labels)
+        parts = [
+            (self.probabilities(model, x, tta).cpu(), y.cpu())
+            for x, y in batches.epoch(0, 0, self.dist.rank, self.dist.world)
+        ]
+        parts = self.dist.gather_batches(parts)
+        return torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: img.ImageBatches, tta: bool | None = None) -> dict[str, float]:
         probs, labels = self.predict_all(model, batches, tta)
-        return {
-            "loss": metrics.nll(probs, labels),
-            "accuracy": (probs.argmax(1) == labels).float().mean().item(),
-        }
+        return {"loss": metrics.nll(probs, labels), "accuracy": (probs.argmax(1) == labels).float().mean().item()}
 
     def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path) -> dict[str, Any]:
         """Full evaluation: accuracy, mean loss, per-class precision/recall/F1, confusion.png, errors.png."""
@@ -245,13 +279,16 @@ class ClassifyTask(Task):
         )
         return {"n": len(labels), "metrics": result, "plots": [str(p) for p in plots]}
 
-    def predict(self, model: nn.Module, meta: dict[str, Any], paths: list[str], top_k: int = 5) -> list[dict]:
-        """Top-k labels for each image file; an unreadable file gets an error entry, the others go on."""
-        results: list[dict] = [{"file": str(p)} for p in paths]
+    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, top_k: int = 5) -> dict[str, Any]:
+        """The top-k classes of each image: a file path, a PIL image, an (H, W[, C]) array or a (C, H, W)
+        tensor, converted as the training images were. {'results': [{'input', 'predictions':
+        [{'label', 'probability'}]}]}; an unreadable image gets {'input', 'error'}, the others go on."""
+        names = [str(x) if isinstance(x, (str, Path)) else f"<image {i}>" for i, x in enumerate(inputs)]
+        results: list[dict] = [{"input": name} for name in names]
         tensors, ok = [], []
-        for i, path in enumerate(paths):
+        for i, source in enumerate(inputs):
             try:
-                tensors.append(img.load_image(path, meta["channels"], meta["image_size"]))
+                tensors.append(img.load_image(source, meta["channels"], meta["image_size"], names[i]))
                 ok.append(i)
             except LaminaError as exc:
                 results[i]["error"] = str(exc)
@@ -260,7 +297,7 @@ class ClassifyTask(Task):
                 torch.stack(tensors),
                 torch.zeros(len(tensors), dtype=torch.long),
                 meta["classes"],
-                [str(paths[i]) for i in ok],
+                [names[i] for i in ok],
             )
             probs, _ = self.predict_all(model, self.batches(data, meta))
             k = max(1, min(top_k, probs.shape[1]))
@@ -270,7 +307,20 @@ class ClassifyTask(Task):
                     {"label": meta["classes"][c], "probability": round(float(p), 6)}
                     for p, c in zip(top_p[row].tolist(), top_i[row].tolist())
                 ]
-        return results
+        return {"results": results}
+
+    # ----- on a terminal -------------------------------------------------------------------------
+    @classmethod
+    def headline(cls, metrics: dict[str, Any]) -> str:
+        test = metrics.get("test", {})
+        return f"test accuracy {test['accuracy']:.2%}" if "accuracy" in test else ""
+
+    @classmethod
+    def render_predict(cls, result: dict[str, Any], out: TextIO) -> None:
+        for r in result["results"]:
+            if "predictions" in r:
+                shown = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
+                print(f"{r['input']}: {shown}", file=out)
 
 
 def align_classes(data: img.ImageSet, classes: list[str], size: int) -> img.ImageSet:

@@ -10,19 +10,24 @@ of the transcripts against the references, per noise level and per group of unse
 from __future__ import annotations
 
 import json
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
 
 from lamina import metrics
+from lamina.commands import Verb, arg
+from lamina.config import DataConfig, setting
 from lamina.data import audio, speech
 from lamina.data.speech import Example, SpeechBatches
 from lamina.engine.checkpoint import atomic_write
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, warn
+from lamina.tasks import register_task
 from lamina.tasks.base import Prepared, Task
 
 EVAL_BATCH = 32
@@ -30,12 +35,46 @@ DECODE_COST = 3  # a greedy transcript costs about this many loss passes of the 
 CHUNK_FACTOR = 1.5  # files longer than this times the longest training utterance are transcribed in chunks
 
 
+@dataclass
+class TranscribeData(DataConfig):
+    """Recordings and their transcripts."""
+
+    name: str = setting(
+        speech.NAME,
+        f"{speech.NAME}, a .tsv manifest of audio-path<TAB>transcript lines, or a folder of train/val/test.tsv",
+        flag="--data",
+        metavar="NAME|PATH",
+    )
+    val: str = setting(
+        "", "validation manifest (default: 5% of the transcripts, by hash)", flag="--val", metavar="PATH", path=True
+    )
+    utterances: int = setting(
+        20000, f"training utterances synthesized for {speech.NAME}", check=(lambda v: v >= 1, "must be at least 1")
+    )
+    spec_augment: bool = setting(True, "time and frequency masks on training features")
+
+
+TRANSCRIBE = Verb(
+    "transcribe",
+    "transcribe audio files (WAV, FLAC, OGG) with a transcribe run",
+    (
+        arg("files", nargs="+", metavar="FILE"),
+        arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)"),
+        arg("--show-attention", metavar="FILE.png", help="las, joint: draw the alignment of the first file"),
+    ),
+    returns="{results: [{input, transcript, audio_seconds, seconds, real_time_factor}], beam, seconds, "
+    "audio_seconds, real_time_factor, plots}",
+)
+BEAM = arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)")
+
+
+@register_task
 class TranscribeTask(Task):
     name = "transcribe"
     description = "speech recognition: listen-attend-spell and CTC on log-mel features, WER and CER"
+    Data = TranscribeData
     monitor = ("wer", "min")
     defaults = {
-        "data.name": speech.NAME,
         "model.name": "las",
         "optim.name": "adamw",
         "optim.lr": 1e-3,
@@ -47,7 +86,14 @@ class TranscribeTask(Task):
         "train.label_smoothing": 0.1,
         "train.channels_last": False,
     }
-    datasets = {speech.NAME: "English sentences spoken by espeak-ng in many voices, with noise; unseen voices in test"}
+    datasets = (speech.NAME,)
+    data_paths = "a TSV manifest of audio-path<TAB>transcript lines, or a folder of train/val/test.tsv"
+    data_model_args = ("vocab_size", "n_mels")
+    resume_keys = ("vocab", "features")
+    verbs = (TRANSCRIBE,)
+    predict_args = (BEAM,)
+    evaluate_args = (BEAM,)
+    libraries = ("jiwer", "soundfile", "soxr")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -59,7 +105,7 @@ class TranscribeTask(Task):
         d, name = self.cfg.data, data or self.cfg.data.name
         if name not in self._splits:
             if name == speech.NAME:
-                self._root = speech.build(d.utterances, seed=0, quiet=self.cfg.train.quiet)
+                self._root = speech.build(d.utterances, seed=0)
                 self._splits[name] = speech.synth_splits(self._root)
             elif Path(name).expanduser().is_dir():
                 self._splits[name] = speech.folder_splits(Path(name).expanduser())
@@ -77,14 +123,8 @@ class TranscribeTask(Task):
         if data == speech.NAME:
             self.splits(data)
             summary = json.loads((self._root / "corpus.json").read_text())
-            return {
-                "name": data,
-                "folder": str(self._root),
-                **{
-                    k: summary[k]
-                    for k in ("key", "utterances", "audio_hours", "test_accents", "test_variants", "espeak")
-                },
-            }
+            keys = ("key", "utterances", "audio_hours", "test_accents", "test_variants", "espeak")
+            return {"name": data, "folder": str(self._root), **{k: summary[k] for k in keys}}
         return {"name": data}
 
     def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
@@ -97,12 +137,17 @@ class TranscribeTask(Task):
         meta = {
             "data": {**self.source(d.name), **{k: len(v) for k, v in splits.items()}},
             "vocab": audio.CHARS,
-            "sample_rate": audio.SAMPLE_RATE,
-            "n_mels": audio.N_MELS,
+            "features": audio.FEATURES,
             "longest_seconds": round(longest, 2),
         }
         train_batches = SpeechBatches(
-            feats, train, t.batch_size, train=True, seed=t.seed, device=self.device, augment=d.spec_augment
+            feats,
+            train,
+            t.batch_size * self.dist.world,
+            train=True,
+            seed=t.seed,
+            device=self.device,
+            augment=d.spec_augment,
         )
         return Prepared(
             train=train_batches,
@@ -134,19 +179,30 @@ class TranscribeTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: SpeechBatches, tta: bool | None = None) -> dict[str, float]:
         """The training loss without smoothing, and WER and CER of greedy transcripts."""
-        refs, outs = [ex.text for ex in batches.examples], self.transcribe_batches(model, batches, beam=1)
-        return {"loss": self.loss(model, batches), "wer": metrics.wer(refs, outs), "cer": metrics.cer(refs, outs)}
+        loss, outs = self.decode(model, batches, beam=1)
+        refs = [ex.text for ex in batches.examples]
+        return {"loss": loss, "wer": metrics.wer(refs, outs), "cer": metrics.cer(refs, outs)}
 
     @torch.no_grad()
-    def loss(self, model: nn.Module, batches: SpeechBatches) -> float:
+    def decode(self, model: nn.Module, batches: SpeechBatches, beam: int) -> tuple[float, list[str]]:
+        """(mean loss, one transcript per utterance) of the whole stream; each process decodes its
+        share of the batches."""
         model.eval()
-        total = 0.0
-        for rows in batches.order(0):
-            feats, lengths, tgt_in, tgt_out = batches.collate(rows)
+        parts = []
+        for rows, (feats, lengths, tgt_in, tgt_out) in zip(
+            batches.order(0)[self.dist.rank :: self.dist.world], batches.epoch(0, 0, self.dist.rank, self.dist.world)
+        ):
             with self.precision.autocast():
                 _, loss = model(feats, lengths, tgt_in, tgt_out)
-            total += float(loss) * len(rows)
-        return total / max(batches.n_samples, 1)
+            texts = [audio.decode_ids(h.tokens) for h in model.recognize(feats, lengths, beam=beam)]
+            parts.append((float(loss) * len(rows), rows, texts))
+        outs = [""] * batches.n_samples
+        total = 0.0
+        for loss_sum, rows, texts in self.dist.gather_batches(parts):
+            total += loss_sum
+            for i, t in zip(rows, texts):
+                outs[i] = t
+        return total / max(batches.n_samples, 1), outs
 
     def report(
         self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path, beam: int = 1
@@ -162,12 +218,11 @@ class TranscribeTask(Task):
         if not examples:
             raise LaminaError(f"{data} ({split}) holds no utterances")
         batches = self.batches(examples, split)
-        result: dict[str, Any] = {"loss": self.loss(model, batches)}
         started = time.perf_counter()
-        outs = self.transcribe_batches(model, batches, beam)
+        loss, outs = self.decode(model, batches, beam)
         seconds = time.perf_counter() - started
         refs = [ex.text for ex in batches.examples]
-        result.update(wer=metrics.wer(refs, outs), cer=metrics.cer(refs, outs))
+        result: dict[str, Any] = {"loss": loss, "wer": metrics.wer(refs, outs), "cer": metrics.cer(refs, outs)}
         audio_seconds = sum(f.shape[0] for f in batches.feats) / 100.0
         result["real_time_factor"] = seconds / max(audio_seconds, 1e-9)
         for key, label in (("snr", "by_noise"), ("group", "by_voice")):
@@ -177,11 +232,8 @@ class TranscribeTask(Task):
                 for value in sorted(set(values), key=lambda v: (v is not None, -(v or 0)) if key == "snr" else str(v)):
                     idx = [i for i, v in enumerate(values) if v == value]
                     name = ("clean" if value is None else f"{value:g} dB") if key == "snr" else str(value)
-                    result[label][name] = {
-                        "n": len(idx),
-                        "wer": metrics.wer([refs[i] for i in idx], [outs[i] for i in idx]),
-                        "cer": metrics.cer([refs[i] for i in idx], [outs[i] for i in idx]),
-                    }
+                    r, o = [refs[i] for i in idx], [outs[i] for i in idx]
+                    result[label][name] = {"n": len(idx), "wer": metrics.wer(r, o), "cer": metrics.cer(r, o)}
         table = "".join(f"{ex.path}\t{ex.text}\t{o}\n" for ex, o in zip(batches.examples, outs))
         written = out_dir / f"transcripts-{split}.tsv"
         atomic_write(written, lambda tmp: tmp.write_text("audio\treference\ttranscript\n" + table, encoding="utf-8"))
@@ -193,73 +245,133 @@ class TranscribeTask(Task):
             "files": [str(written)],
         }
 
-    @torch.no_grad()
-    def transcribe_batches(self, model: nn.Module, batches: SpeechBatches, beam: int) -> list[str]:
-        model.eval()
-        outs = [""] * batches.n_samples
-        for rows in batches.order(0):
-            feats, lengths, _, _ = batches.collate(rows)
-            for i, h in zip(rows, model.recognize(feats, lengths, beam=beam)):
-                outs[i] = audio.decode_ids(h.tokens)
-        return outs
-
     # ----- transcription of files ------------------------------------------------------------------
     @torch.no_grad()
     def transcribe(
-        self, model: nn.Module, meta: dict[str, Any], files: list[str], beam: int = 1, attention: bool = False
-    ) -> list[dict[str, Any]]:
-        """One result per file: {'file', 'transcript', 'audio_seconds', 'seconds', 'real_time_factor'}
-        (+ 'attention' (characters x listener frames) and 'characters' with attention=True), or
-        {'file', 'error'}: a bad file is reported and the others go on. Files longer than the model
-        was trained on are transcribed in chunks cut at quiet moments."""
+        self,
+        model: nn.Module,
+        meta: dict[str, Any],
+        files: list,
+        beam: int = 1,
+        attention: bool = False,
+        show_attention: str | None = None,
+    ) -> dict[str, Any]:
+        """{'results': one {'input', 'transcript', 'audio_seconds', 'seconds', 'real_time_factor'} per
+        input, and totals}. An input is a file path, a (waveform, sample_rate) pair or a dict with
+        'array' and 'sampling_rate'. With attention=True results also hold 'attention' (characters x
+        listener frames) and 'characters'; show_attention=FILE.png draws the first one's. A bad input
+        gets {'input', 'error'} and the others go on; inputs longer than the model was trained on are
+        transcribed in chunks cut at quiet moments."""
         check_beam(beam)
+        check_features(meta)
         model.eval()
         chunk = max(4.0, CHUNK_FACTOR * float(meta.get("longest_seconds", 10.0)))
-        results = []
-        for file in files:
+        results, plots, started_all = [], [], time.perf_counter()
+        for i, source in enumerate(files):
+            name = str(source) if isinstance(source, (str, Path)) else f"<audio {i}>"
             started = time.perf_counter()
             try:
-                wave = audio.read_audio(file)
+                wave = audio.read_audio(source)
             except LaminaError as exc:
-                results.append({"file": file, "error": str(exc)})
+                results.append({"input": name, "error": str(exc)})
                 continue
-            result: dict[str, Any] = {"file": file, "audio_seconds": round(audio.seconds(wave), 3)}
+            result: dict[str, Any] = {"input": name, "audio_seconds": round(audio.seconds(wave), 3)}
             if audio.is_silent(wave):
-                warn(f"{file} is silent: empty transcript")
+                warn(f"{name} is silent: empty transcript")
                 pieces = []
             else:
                 pieces = [p for p in audio.split_quiet(wave, chunk) if not audio.is_silent(p)]  # pauses say nothing
                 if len(pieces) > 1:
                     warn(
-                        f"{file} lasts {audio.seconds(wave):.0f} s, longer than the model was trained on: "
+                        f"{name} lasts {audio.seconds(wave):.0f} s, longer than the model was trained on: "
                         f"transcribing it in {len(pieces)} chunks"
                     )
-            texts = []
+            texts, alignment = [], None
             for piece in pieces:
                 feats = audio.log_mel(piece)[None].to(self.device)
                 h = model.recognize(feats, torch.tensor([feats.shape[1]], device=self.device), beam=beam)[0]
                 texts.append(audio.decode_ids(h.tokens))
-                if attention and h.attention is not None and "attention" not in result:
+                if alignment is None and h.attention is not None:
                     ended = h.attention.shape[0] == len(h.tokens) + 1
-                    result["characters"] = [audio.decode_ids([i]) or " " for i in h.tokens] + (
-                        ["</s>"] if ended else []
-                    )
-                    result["attention"] = h.attention.tolist()
+                    characters = [audio.decode_ids([t]) or " " for t in h.tokens] + (["</s>"] if ended else [])
+                    alignment = {
+                        "characters": characters,
+                        "attention": h.attention.tolist(),
+                        "seconds_per_frame": audio.seconds(piece) / h.attention.shape[1],
+                    }
             seconds = time.perf_counter() - started
             result.update(
                 transcript=" ".join(t for t in texts if t),
                 seconds=round(seconds, 4),
                 real_time_factor=round(seconds / max(result["audio_seconds"], 1e-9), 4),
             )
+            if alignment and show_attention and not plots:
+                plots.append(self.draw_alignment(alignment, show_attention))
+            if alignment and attention:
+                result.update(characters=alignment["characters"], attention=alignment["attention"])
             results.append(result)
-        return results
+        if show_attention and not plots and any("transcript" in r for r in results):
+            raise LaminaError(f"a {self.cfg.model.name} model has no attention to draw")
+        seconds = time.perf_counter() - started_all
+        audio_seconds = sum(r.get("audio_seconds", 0.0) for r in results)
+        return {
+            "results": results,
+            "beam": beam,
+            "seconds": round(seconds, 4),
+            "audio_seconds": round(audio_seconds, 3),
+            "real_time_factor": round(seconds / max(audio_seconds, 1e-9), 4),
+            "plots": plots,
+        }
 
-    def predict(
-        self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options
-    ) -> list[dict]:
+    def draw_alignment(self, alignment: dict[str, Any], path: str) -> str:
+        from lamina.viz.attention import plot_attention
+
+        step = alignment["seconds_per_frame"]
+        frames = [f"{i * step:.2f}s" for i in range(len(alignment["attention"][0]))]
+        return str(
+            plot_attention(
+                frames,
+                alignment["characters"],
+                alignment["attention"],
+                path,
+                xlabel="audio (listener frames)",
+                ylabel="output characters",
+            )
+        )
+
+    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
         return self.transcribe(model, meta, inputs, **options)
+
+    # ----- on a terminal -------------------------------------------------------------------------
+    @classmethod
+    def headline(cls, metrics: dict[str, Any]) -> str:
+        test = metrics.get("test", {})
+        return f"test WER {test['wer']:.2%} (greedy)" if "wer" in test else ""
+
+    @classmethod
+    def render_transcribe(cls, result: dict[str, Any], out: TextIO, named: bool = False) -> None:
+        """The transcript of one file; file<TAB>transcript lines for several (or for predict)."""
+        named = named or len(result["results"]) > 1
+        for r in result["results"]:
+            if "transcript" in r:
+                print(f"{r['input']}\t{r['transcript']}" if named else r["transcript"], file=out)
+        for path in result.get("plots", []):
+            print(f"wrote {path}", file=sys.stderr)
+
+    @classmethod
+    def render_predict(cls, result: dict[str, Any], out: TextIO) -> None:
+        cls.render_transcribe(result, out, named=True)
 
 
 def check_beam(beam: int) -> None:
     if beam < 1:
         raise UsageError("--beam must be at least 1 (1: greedy search)")
+
+
+def check_features(meta: dict[str, Any]) -> None:
+    """A run is used only with the features it learned from (runs from before features were recorded
+    used today's)."""
+    recorded = meta.get("features")
+    if recorded is not None and recorded != audio.FEATURES:
+        differ = sorted(k for k in set(recorded) | set(audio.FEATURES) if recorded.get(k) != audio.FEATURES.get(k))
+        raise LaminaError(f"this run learned from other features than this lamina computes ({', '.join(differ)})")

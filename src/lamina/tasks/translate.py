@@ -10,26 +10,33 @@ greedy search during training and beam search (`lamina evaluate --beam`, `lamina
 from __future__ import annotations
 
 import math
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina import metrics
+from lamina.commands import Verb, arg
+from lamina.config import DataConfig, setting
 from lamina.data import parallel
-from lamina.data.parallel import EOS, PAD, Tokenizer
+from lamina.data.batching import pack_by_length, pad
+from lamina.data.vocab import EOS, PAD, Tokenizer
 from lamina.engine.checkpoint import atomic_write
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, warn
 from lamina.models import decoding
+from lamina.tasks import register_task
 from lamina.tasks.base import Prepared, Task
 
 EVAL_BATCH = 64  # sentences per decoding batch (times the beam width in hypotheses)
 DECODE_CELLS = EVAL_BATCH * 5 * 101 * 212  # 64 sentences of 100 subwords, beam 5, up to 212 output steps
 DECODE_COST = 4  # a greedy translation costs about this many loss passes of the same sentence (for time budgets)
+AT_LEAST_ONE = (lambda v: v >= 1, "must be at least 1")
 
 
 def max_output_tokens(source_tokens: int) -> int:
@@ -37,12 +44,53 @@ def max_output_tokens(source_tokens: int) -> int:
     return 2 * source_tokens + 10
 
 
+@dataclass
+class TranslateData(DataConfig):
+    """Sentence pairs and their subwords."""
+
+    name: str = setting(
+        "gettext:fr",
+        "gettext:LANG (the catalogs installed here), or a TSV file of source<TAB>target pairs",
+        flag="--data",
+        metavar="NAME|PATH",
+    )
+    catalogs: str = setting(
+        "",
+        "read gettext .mo/.po files from this folder instead of the system's",
+        flag="--catalogs",
+        metavar="DIR",
+        path=True,
+    )
+    reverse: bool = setting(False, "translate the other way: target -> source", flag="--reverse")
+    vocab_size: int = setting(8000, "subword vocabulary, shared by both languages", check=AT_LEAST_ONE)
+    max_tokens: int = setting(
+        100, "training pairs with a side longer than this many subwords are left out", check=AT_LEAST_ONE
+    )
+
+
+SEARCH_ARGS = (
+    arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)"),
+    arg("--length-penalty", type=float, metavar="A", help="hypotheses are scored by log-probability / length**A"),
+)
+TRANSLATE = Verb(
+    "translate",
+    "translate sentences with a translate run (the lines of stdin when no TEXT is given)",
+    (
+        arg("texts", nargs="*", metavar="TEXT", stdin=True),
+        *SEARCH_ARGS,
+        arg("--show-attention", metavar="FILE.png", help="draw the attention of the first sentence"),
+    ),
+    returns="{results: [{input, translation, score}], beam, length_penalty, seconds, sentences_per_s, plots}",
+)
+
+
+@register_task
 class TranslateTask(Task):
     name = "translate"
     description = "neural machine translation: encoder-decoder with and without attention, beam search, BLEU"
+    Data = TranslateData
     monitor = ("loss", "min")
     defaults = {
-        "data.name": "gettext:fr",
         "model.name": "attention",
         "optim.name": "adamw",
         "optim.lr": 2e-3,
@@ -54,9 +102,14 @@ class TranslateTask(Task):
         "train.label_smoothing": 0.1,
         "train.channels_last": False,
     }
-    datasets = {
-        "gettext:LANG": "English->LANG messages of the programs installed here (gettext catalogs), e.g. gettext:fr"
-    }
+    datasets = ("gettext:LANG",)
+    data_paths = "a TSV file of source<TAB>target pairs"
+    data_model_args = ("vocab_size",)
+    resume_keys = ("vocab_size",)
+    verbs = (TRANSLATE,)
+    predict_args = SEARCH_ARGS
+    evaluate_args = SEARCH_ARGS
+    libraries = ("sacrebleu", "sentencepiece", "polib")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,8 +137,6 @@ class TranslateTask(Task):
 
     def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
         d, t = self.cfg.data, self.cfg.train
-        if d.max_tokens < 1 or d.vocab_size < 1:
-            raise UsageError("data.max_tokens and data.vocab_size must be at least 1")
         corpus = self.load_corpus()
         for split in ("train", "val"):
             if not corpus.split(split):
@@ -107,11 +158,12 @@ class TranslateTask(Task):
             "max_tokens": d.max_tokens,
             "longest_source": longest,
             "too_long": len(sources) - len(keep),
+            "tokenizer": Tokenizer.FILE,
         }
         train = parallel.PairBatches(
             [sources[i] for i in keep],
             [targets[i] for i in keep],
-            t.batch_size,
+            t.batch_size * self.dist.world,
             train=True,
             seed=t.seed,
             device=self.device,
@@ -127,13 +179,8 @@ class TranslateTask(Task):
 
     def batches(self, pairs: list[parallel.Pair]) -> parallel.PairBatches:
         tok = self.tokenizer
-        return parallel.PairBatches(
-            tok.encode([s for s, _ in pairs]),
-            tok.encode([t for _, t in pairs]),
-            EVAL_BATCH,
-            device=self.device,
-            pairs=pairs,
-        )
+        sources, targets = tok.encode([s for s, _ in pairs]), tok.encode([t for _, t in pairs])
+        return parallel.PairBatches(sources, targets, EVAL_BATCH, device=self.device, pairs=pairs)
 
     def has_split(self, data: str, split: str) -> bool:
         own = self.normalise_data(data) in ("", self.cfg.data.name) or data.startswith("gettext:")
@@ -151,18 +198,20 @@ class TranslateTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: parallel.PairBatches, tta: bool | None = None) -> dict[str, float]:
         """Cross-entropy per target subword (no smoothing), perplexity and next-subword accuracy under
-        teacher forcing; at the end of training (tta=None) also BLEU and chrF of greedy translations."""
+        teacher forcing; at the end of training (tta=None) also BLEU and chrF of greedy translations.
+        Each process measures its share of the batches."""
         model.eval()
-        total, correct, count = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
-        for src, tgt_in, tgt_out in batches.epoch():
+        sums = []
+        for src, tgt_in, tgt_out in batches.epoch(0, 0, self.dist.rank, self.dist.world):
             with self.precision.autocast():
                 logits, _ = model(src, tgt_in)
             real = tgt_out != PAD
-            total += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum")
-            correct += ((logits.argmax(-1) == tgt_out) & real).sum()
-            count += int(real.sum())
-        loss = float(total) / max(count, 1)
-        out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(correct) / max(count, 1)}
+            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum")
+            sums.append((float(loss), int(((logits.argmax(-1) == tgt_out) & real).sum()), int(real.sum())))
+        sums = self.dist.gather_batches(sums)
+        total, correct, count = (sum(s[k] for s in sums) for k in range(3))
+        loss = total / max(count, 1)
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1)}
         if tta is None and batches.pairs:
             hyps = self.translate_ids(model, batches.sources, beam=1)
             out.update(self.scores(batches.pairs, hyps))
@@ -200,6 +249,7 @@ class TranslateTask(Task):
         seconds = time.perf_counter() - started
         outputs = [self.tokenizer.decode(h.tokens) for h in hyps]
         result.update(self.scores(pairs, hyps))
+        result["bleu_signature"] = metrics.bleu_signature()
         result["by_length"] = metrics.bleu_by_length([s for s, _ in pairs], outputs, [t for _, t in pairs])
         result["sentences_per_s"] = len(pairs) / max(seconds, 1e-9)
         table = "".join(f"{s}\t{t}\t{o}\n" for (s, t), o in zip(pairs, outputs))
@@ -224,18 +274,18 @@ class TranslateTask(Task):
     def translate_ids(
         self, model: nn.Module, sources: list[list[int]], beam: int = 1, length_penalty: float = 1.0
     ) -> list[decoding.Hypothesis]:
-        """Translations of subword sequences, in batches of similar length; greedy for beam 1. Runs in
-        fp32: decoding goes one step at a time, where autocast re-casts the weights at every step."""
+        """Translations of subword sequences, in batches of similar length (each process decodes its
+        share, every world-th batch); greedy for beam 1. Runs in fp32: decoding goes one step at a
+        time, where autocast re-casts the weights at every step."""
         model.eval()
-        out: list[decoding.Hypothesis | None] = [None] * len(sources)
-        for rows in decode_batches(sources, beam):
-            src = parallel.pad([[*sources[i], EOS] for i in rows], self.device)
+        batches = decode_batches(sources, beam)
+        mine = []
+        for rows in batches[self.dist.rank :: self.dist.world]:
+            src = pad([[*sources[i], EOS] for i in rows], self.device)
             memory, state = model.encode(src)
-            limit = max_output_tokens(src.shape[1])
-            if beam <= 1:
-                hyps = decoding.greedy(model, memory, state, limit, length_penalty)
-            else:
-                hyps = decoding.beam_search(model, memory, state, beam, limit, length_penalty)
+            mine.append(decoding.search(model, memory, state, beam, max_output_tokens(src.shape[1]), length_penalty))
+        out: list[decoding.Hypothesis | None] = [None] * len(sources)
+        for rows, hyps in zip(batches, self.dist.gather_batches(mine)):
             for i, h in zip(rows, hyps):
                 out[i] = h
         return out  # type: ignore[return-value]
@@ -248,13 +298,16 @@ class TranslateTask(Task):
         beam: int = 5,
         length_penalty: float = 1.0,
         attention: bool = False,
-    ) -> list[dict[str, Any]]:
-        """One result per text: {'source', 'translation', 'score'} (+ 'source_pieces', 'target_pieces'
-        and the attention weights (target x source) with attention=True). Empty texts give empty
-        translations; texts longer than the model was trained on are cut, with a warning."""
+        show_attention: str | None = None,
+    ) -> dict[str, Any]:
+        """{'results': one {'input', 'translation', 'score'} per text, and timings}. With attention=True
+        each result also has 'source_pieces', 'target_pieces' and the weights (target x source);
+        show_attention=FILE.png draws the first sentence's. Empty texts give empty translations;
+        texts longer than the model was trained on are cut, with a warning."""
         check_search(beam, length_penalty)
+        started = time.perf_counter()
         tok, limit = self.tokenizer, meta.get("longest_source", meta.get("max_tokens", 100))
-        results: list[dict[str, Any]] = [{"source": text, "translation": ""} for text in texts]
+        results: list[dict[str, Any]] = [{"input": text, "translation": ""} for text in texts]
         todo, ids, empty, unseen = [], [], [], set()
         for i, text in enumerate(texts):
             clean = parallel.normalise(text)
@@ -272,18 +325,37 @@ class TranslateTask(Task):
             todo.append(i)
             ids.append(encoded)
         if empty:
-            warn(
-                f"input{'s' * (len(empty) > 1)} {', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''} "
-                f"{'are' if len(empty) > 1 else 'is'} empty: empty translation"
-            )
+            many = len(empty) > 1
+            shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+            warn(f"input{'s' * many} {shown} {'are' if many else 'is'} empty: empty translation")
         if unseen:
             warn(f"characters never seen in training ({' '.join(sorted(unseen)[:20])}) are read as raw bytes")
         hyps = self.translate_ids(model, ids, beam, length_penalty) if ids else []
+        drawn = []
         for i, src, h in zip(todo, ids, hyps):
             results[i].update(translation=tok.decode(h.tokens), score=round(h.score, 4))
-            if attention:
-                results[i].update(source_pieces=tok.pieces([*src, EOS]), **self.attention_map(model, src, h))
-        return results
+            if attention or (show_attention and not drawn):
+                weights = {"source_pieces": tok.pieces([*src, EOS]), **self.attention_map(model, src, h)}
+                if show_attention and not drawn:
+                    drawn.append(self.draw_attention(model, weights, show_attention))
+                if attention:
+                    results[i].update(weights)
+        seconds = time.perf_counter() - started
+        return {
+            "results": results,
+            "beam": beam,
+            "length_penalty": length_penalty,
+            "seconds": round(seconds, 4),
+            "sentences_per_s": round(len(texts) / max(seconds, 1e-9), 2),
+            "plots": drawn,
+        }
+
+    def draw_attention(self, model: nn.Module, weights: dict[str, Any], path: str) -> str:
+        from lamina.viz.attention import plot_attention
+
+        if weights["attention"] is None:
+            raise LaminaError(f"a {self.cfg.model.name} model has no attention to draw")
+        return str(plot_attention(weights["source_pieces"], weights["target_pieces"], weights["attention"], path))
 
     def attention_map(self, model: nn.Module, src: list[int], h: decoding.Hypothesis) -> dict[str, Any]:
         """The target pieces and their weights over the source pieces (EOS included on both sides when
@@ -298,10 +370,23 @@ class TranslateTask(Task):
             weights = weights.flip(1)
         return {"target_pieces": self.tokenizer.pieces(target), "attention": weights.tolist()}
 
-    def predict(
-        self, model: nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int = 5, **options
-    ) -> list[dict]:
-        return self.translate(model, meta, inputs, **options)
+    def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
+        return self.translate(model, meta, [str(x) for x in inputs], **options)
+
+    # ----- on a terminal -------------------------------------------------------------------------
+    @classmethod
+    def headline(cls, metrics: dict[str, Any]) -> str:
+        test = metrics.get("test", {})
+        return f"test BLEU {test['bleu']:.2f} (greedy)" if "bleu" in test else ""
+
+    @classmethod
+    def render_translate(cls, result: dict[str, Any], out: TextIO) -> None:
+        for r in result["results"]:
+            print(r["translation"], file=out)
+        for path in result.get("plots", []):
+            print(f"wrote {path}", file=sys.stderr)
+
+    render_predict = render_translate
 
 
 def decode_batches(sources: list[list[int]], beam: int) -> list[list[int]]:
@@ -309,9 +394,12 @@ def decode_batches(sources: list[list[int]], beam: int) -> list[list[int]]:
     DECODE_CELLS hypothesis x output step x source positions (the attention a search keeps), so a file
     of very long sentences decodes a few at a time instead of exhausting memory."""
     ids = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    width = lambda rows: len(sources[rows[-1]]) + 1  # noqa: E731 - the last is the longest
-    cells = lambda rows: len(rows) * beam * width(rows) * max_output_tokens(width(rows))  # noqa: E731
-    return parallel.pack_by_length(ids, EVAL_BATCH, cells, DECODE_CELLS)
+
+    def cells(rows: list[int]) -> int:
+        width = len(sources[rows[-1]]) + 1  # the last is the longest
+        return len(rows) * beam * width * max_output_tokens(width)
+
+    return pack_by_length(ids, EVAL_BATCH, cells, DECODE_CELLS)
 
 
 def check_search(beam: int, length_penalty: float) -> None:
