@@ -34,7 +34,7 @@ class Batches:
     def __len__(self):
         return len(self.batches)
 
-    def epoch(self, index, start=0):
+    def epoch(self, index, start=0, rank=0, world=1):
         yield from self.batches[start:]
 
 
@@ -82,12 +82,11 @@ def main() -> None:
     cfg = config.resolve({}, sets=["train.epochs=1", "train.quiet=true", "optim.lr=0.2"])
     precision = Precision(resolve_amp("auto", device), device)
     data = fashion_mnist("train")
-    stream = ImageBatches(
-        data, a.batch_size, [0.286], [0.353], device, train=True, flip=True, crop_padding=2, channels_last=True
-    )
+    stream = ImageBatches(data, a.batch_size, device, train=True, flip=True, crop_padding=2, channels_last=True)
     batches = [b for _, b in zip(range(a.batches), stream.epoch(0))]
     n = sum(len(y) for _, y in batches)
     model = get_model("classify", a.model).to(memory_format=torch.channels_last)
+    model.normalize.set([0.286], [0.353])  # as lamina train sets it from the training images
     initial = {k: v.clone() for k, v in model.state_dict().items()}
 
     rates = {"bare": [], "lamina": []}

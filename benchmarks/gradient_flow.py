@@ -79,7 +79,7 @@ def main() -> None:
                 if not (Path(out) / "model.safetensors").is_file():
                     rows.append(_row(cell, hidden[cell], label, loss, None))
                     continue
-                norms = api.inspect_gradients([out], a.steps, 16, Path(tmp) / "one.png")["curves"]
+                norms = api.inspect("gradients", [out], steps=a.steps, rows=16, out=Path(tmp) / "one.png")["curves"]
                 norms = next(iter(norms.values()))
                 curves[f"{cell}, {label.split(' (')[0]}"] = norms
                 rows.append(_row(cell, hidden[cell], label, loss, norms))

@@ -45,7 +45,7 @@ def real_time_factor(run: Path, files: list[Path]) -> dict:
     rtfs, latencies = [], []
     for f in files:
         started = time.perf_counter()
-        r = loaded.transcribe([f])[0]
+        r = loaded.transcribe([f])["results"][0]
         seconds = time.perf_counter() - started
         rtfs.append(seconds / r["audio_seconds"])
         latencies.append(seconds)

@@ -219,7 +219,7 @@ def speed(a) -> None:
         times = []
         for _ in range(50):
             t0 = time.perf_counter()
-            [result] = run.translate([SHORT], beam=beam)
+            [result] = run.translate([SHORT], beam=beam)["results"]
             times.append(1000 * (time.perf_counter() - t0))
         times.sort()
         m = measured[beam][0]["metrics"]

@@ -13,10 +13,10 @@ import torch
 import lamina
 from conftest import CPU
 from lamina.data import audio, speech
-from lamina.errors import LaminaError
-from lamina.models import get_model, list_models
 from lamina.data.batching import pad
 from lamina.data.vocab import BOS, EOS
+from lamina.errors import LaminaError
+from lamina.models import get_model, list_models
 from lamina.models.ctc import BLANK
 from lamina.models.ctc import beam as ctc_beam
 from lamina.models.ctc import greedy as ctc_greedy

@@ -307,15 +307,11 @@ def cmd_config(a: argparse.Namespace) -> int:
     cfg = config_mod.resolve(task_cls.defaults, data=task_cls.Data, sets=[f"model.name={a.model}"] if a.model else [])
     rows = config_mod.describe(cfg)
     for name, default in model_options(task_cls.name, cfg.model.name).items():
+        decided = " (decided by the data)" if name in task_cls.data_model_args else ""
+        kind = type(default).__name__ if default is not None else ""
+        help_text = f"option of the {cfg.model.name} model{decided}"
         rows.append(
-            {
-                "key": f"model.{name}",
-                "default": default,
-                "type": type(default).__name__ if default is not None else "",
-                "help": f"option of the {cfg.model.name} model",
-                "flag": None,
-                "choices": [],
-            }
+            {"key": f"model.{name}", "default": default, "type": kind, "help": help_text, "flag": None, "choices": []}
         )
     if a.json:
         _print_json(rows)

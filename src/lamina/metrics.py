@@ -1,4 +1,5 @@
-"""Metrics computed from predictions. Thin and exact; no state between calls."""
+"""Metrics computed from predictions: thin wrappers over the libraries the field uses (torchmetrics,
+sacrebleu, jiwer), so that lamina's figures are the figures people compare with. No state between calls."""
 
 from __future__ import annotations
 
@@ -11,38 +12,26 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float(-p_true.log().mean())
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) counts: row = true class, column = predicted class."""
-    flat = target.long() * num_classes + pred.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+def classification_report(pred: torch.Tensor, target: torch.Tensor, classes: list[str]) -> tuple[torch.Tensor, dict]:
+    """(confusion matrix (K, K), row = true class, column = predicted; accuracy, per-class precision,
+    recall, F1 and support, and their macro averages), by torchmetrics. A class neither present nor
+    predicted is left out of the macro averages; one never predicted has precision 0."""
+    from torchmetrics.functional import classification as tm
 
-
-def classification_report(cm: torch.Tensor, classes: list[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1/support and their macro averages from a confusion matrix."""
-    cm = cm.double()
-    tp = cm.diag()
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp_min(1), torch.zeros_like(tp))
-    denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-12), torch.zeros_like(tp))
-    present = support > 0
-    return {
-        "accuracy": float(tp.sum() / cm.sum().clamp_min(1)),
-        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
-        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+    k, pred, target = len(classes), pred.long(), target.long()
+    cm = tm.multiclass_confusion_matrix(pred, target, k)
+    scores = {"precision": tm.multiclass_precision, "recall": tm.multiclass_recall, "f1": tm.multiclass_f1_score}
+    per_class = {name: fn(pred, target, k, average="none").tolist() for name, fn in scores.items()}
+    support = cm.sum(1).tolist()
+    report = {
+        "accuracy": float(tm.multiclass_accuracy(pred, target, k, average="micro")),
+        **{f"macro_{name}": float(fn(pred, target, k, average="macro")) for name, fn in scores.items()},
         "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(classes)
+            c: {**{name: per_class[name][i] for name in scores}, "support": int(support[i])}
+            for i, c in enumerate(classes)
         },
     }
+    return cm, report
 
 
 # ----- translation: sacrebleu's corpus scores on detokenized text ---------------------------------

@@ -69,10 +69,10 @@ class Progress:
 
     def update(self, done: int, samples: int, loss: float, step: int | None = None) -> None:
         """`done` batches of the epoch are finished; the last one had `samples` samples and this loss."""
-        self.done = done
-        self.samples += samples
         if not self.enabled:
             return
+        self.done = done
+        self.samples += samples
         now = time.perf_counter()
         if now - self._last < self.min_interval and (done < self.total or not self.tty):
             return

@@ -390,15 +390,13 @@ class Trainer:
         self.history.append(record)
         if self.dist.main:
             ckpt.append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
-        if self.board:
-            self.board.scalars(
-                s.step,
-                {
-                    k.replace("_", "/", 1): v
-                    for k, v in record.items()
-                    if isinstance(v, float) and k.startswith(("train_", "val_"))
-                },
-            )
+        if self.board:  # val/<metric> per evaluation; train/<metric>_mean over the steps since the last one
+            means = {
+                f"val/{k[4:]}" if k.startswith("val_") else f"train/{k[6:]}_mean": v
+                for k, v in record.items()
+                if k.startswith(("train_", "val_"))
+            }
+            self.board.scalars(s.step, means)
 
         # "Best" means best on validation; without validation data the latest weights are kept.
         improved = bool(val) and self._improves(record.get(f"val_{self.monitor_key}"))

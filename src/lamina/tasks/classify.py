@@ -261,8 +261,7 @@ class ClassifyTask(Task):
         data = self.eval_split(meta, data, split)
         probs, labels = self.predict_all(model, self.batches(data, meta))
         pred = probs.argmax(1)
-        cm = metrics.confusion_matrix(pred, labels, len(meta["classes"]))
-        result = metrics.classification_report(cm, meta["classes"])
+        cm, result = metrics.classification_report(pred, labels, meta["classes"])
         result["loss"] = metrics.nll(probs, labels)
         plots = [plot_confusion(cm, meta["classes"], out_dir / "confusion.png")]
         wrong = torch.nonzero(pred != labels).flatten()
