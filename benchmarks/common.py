@@ -40,9 +40,11 @@ def machine() -> dict[str, str]:
     }
 
 
-def run_lamina(args: list[str], log: Path | None = None) -> dict:
-    """Run `lamina ...` as its own process; return its --json summary plus wall seconds and peak RSS."""
-    command = [sys.executable, "-m", "lamina", *args]
+def run_lamina(args: list[str], log: Path | None = None, processes: int = 1) -> dict:
+    """Run `lamina ...` as its own process (or as `processes` under torchrun); return its --json summary
+    plus wall seconds and peak RSS (under torchrun: of the launcher, not of its workers)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command = [*(launcher if processes > 1 else [sys.executable]), "-m", "lamina", *args]
     start = time.perf_counter()
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=out, text=True)
