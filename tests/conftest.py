@@ -48,10 +48,17 @@ CPU = ["train.device=cpu", "train.amp=off"]
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory, monkeypatch):
-    """Every test gets its own $LAMINA_HOME and working directory, and never touches the network."""
+    """Every test gets its own $LAMINA_HOME and working directory, and never touches the network.
+    Ctrl-C is handled as on a terminal, however the suite was started (a background job starts with
+    SIGINT ignored, and the tests that press Ctrl-C would press nothing)."""
+    import signal
+
     monkeypatch.setenv("LAMINA_HOME", str(tmp_path_factory.mktemp("lamina-home")))
     monkeypatch.setenv("LAMINA_OFFLINE", "1")
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

@@ -56,14 +56,15 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
         from lamina.engine.loop import StepOutput, Trainer
         from lamina.models import get_model
 
-        out, per_process = sys.argv[1], int(sys.argv[2])
+        out, per_process, accumulate = sys.argv[1], int(sys.argv[2]), sys.argv[3]
         dist = Distributed.from_environment()
         dist.start(torch.device("cpu"))
         g = torch.Generator().manual_seed(0)
         data = ImageSet(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g),
                         torch.randint(0, 3, (64,), generator=g), ["a", "b", "c"], [str(i) for i in range(64)])
-        stream = ImageBatches(data, per_process * dist.world, torch.device("cpu"), train=True, seed=0, flip=True)
-        cfg = config.resolve({{}}, sets={[*SGD, "train.epochs=2", "optim.lr=0.5"]!r})
+        stream = ImageBatches(data, per_process * dist.world, torch.device("cpu"), train=True, seed=0)
+        sets = {[*SGD, "train.epochs=2", "optim.lr=0.5"]!r} + [f"train.accumulate={{accumulate}}"]
+        cfg = config.resolve({{}}, sets=sets)
         torch.manual_seed(dist.seed(0))
         model = get_model("classify", "mlp", in_channels=1, num_classes=3, image_size=8, hidden=[16], dropout=0.0)
 
@@ -78,15 +79,18 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
         dist.stop()
     """,
     )
-    two, one = tmp_path / "two", tmp_path / "one"
-    done = torchrun(job, two, 8)
+    two, accumulated, one = tmp_path / "two", tmp_path / "accumulated", tmp_path / "one"
+    done = torchrun(job, two, 8, 1)  # 2 processes x 8
     assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run([sys.executable, job, one, "16"], capture_output=True, text=True, timeout=120)
+    done = torchrun(job, accumulated, 4, 2)  # 2 processes x 4, two batches a step
     assert done.returncode == 0, done.stderr[-3000:]
-    a, b = torch.load(two / "weights.pt"), torch.load(one / "weights.pt")
-    assert a["steps"] == b["steps"] == 8  # 64 images / 16 a step, 2 epochs
-    for k in a["weights"]:
-        torch.testing.assert_close(a["weights"][k], b["weights"][k], rtol=1e-5, atol=1e-6)
+    done = subprocess.run([sys.executable, job, one, "16", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [torch.load(path / "weights.pt") for path in (two, accumulated, one)]
+    assert [r["steps"] for r in runs] == [8, 8, 8]  # 64 images / 16 a step, 2 epochs
+    for k in runs[2]["weights"]:
+        for r in runs[:2]:
+            torch.testing.assert_close(r["weights"][k], runs[2]["weights"][k], rtol=1e-5, atol=1e-6)
 
 
 def test_torchrun_trains_classify_and_the_run_reloads_and_predicts(tmp_path, capsys):

@@ -376,7 +376,9 @@ def test_tensorboard_gets_every_step_and_every_evaluation(tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
 
 
-def test_ignored_sigint_is_put_back_and_sigterm_stops_gracefully(tmp_path):
+def test_an_ignored_sigint_stays_ignored_and_sigterm_stops_gracefully(tmp_path):
+    """A background job of a script starts with SIGINT ignored, so that Ctrl-C stops the script
+    only: lamina keeps it that way, and still stops cleanly on SIGTERM."""
     import signal
 
     g = torch.Generator().manual_seed(1)
@@ -384,19 +386,19 @@ def test_ignored_sigint_is_put_back_and_sigterm_stops_gracefully(tmp_path):
     trainer, _ = _engine(tmp_path, batches, **{"train.epochs": 5})
     step, calls = trainer.step_fn, {"n": 0}
 
-    def terminated(m, batch):
+    def signalled(m, batch):
         calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)  # ignored, as it was before training
         if calls["n"] == 3:
             signal.raise_signal(signal.SIGTERM)  # e.g. `timeout` or a scheduler's notice
         return step(m, batch)
 
-    trainer.step_fn = terminated
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's SIGINT
-    try:
-        result = trainer.fit()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # put back as it was
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    trainer.step_fn = signalled
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before_term = signal.getsignal(signal.SIGTERM)
+    result = trainer.fit()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is before_term
     assert result.status == "interrupted" and result.state.step == 3 and (tmp_path / "trainer.pt").is_file()
 
 
@@ -433,3 +435,17 @@ def test_streamed_generation_shows_the_prompt_then_the_text(tmp_path):
     result = lamina.generate(summary["run"], prompt="ab", length=12, seed=3, emit=pieces.append)
     assert pieces[0] == "ab" and "".join(pieces[1:]) == result["text"] and len(result["text"]) == 12
     assert math.isfinite(result["chars_per_s"])
+
+
+def test_classification_metrics_by_torchmetrics_on_a_known_case():
+    from lamina import metrics
+
+    pred, target = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1])
+    cm, report = metrics.classification_report(pred, target, ["a", "b", "c"])
+    assert cm.tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]  # rows: true class
+    assert report["accuracy"] == 0.5
+    a, b, c = (report["per_class"][k] for k in "abc")
+    assert (a["precision"], a["recall"], a["support"]) == (0.5, 1.0, 1)
+    assert b["precision"] == 1.0 and b["recall"] == pytest.approx(1 / 3) and b["support"] == 3
+    assert (c["precision"], c["recall"], c["f1"]) == (0.0, 0.0, 0.0)  # predicted once, never right
+    assert report["macro_recall"] == pytest.approx((1 + 1 / 3 + 0) / 3)

@@ -345,6 +345,39 @@ def test_train_save_load_transcribe_end_to_end(speech_run, tmp_path):
         and result["n"] == len(speech.read_manifest(root / "test.tsv"))
     )
     assert Path(result["files"][0]).is_file()
+    assert run.info["meta"]["features"] == audio.FEATURES  # the features it learned from, recorded
+
+
+def test_recordings_in_memory_transcribe_as_their_files_do(speech_run):
+    import soundfile
+
+    summary, root = speech_run
+    run = lamina.load(summary["run"])
+    file = sorted((root / "audio" / "test").glob("*.flac"))[0]
+    samples, rate = soundfile.read(str(file), dtype="float32")
+    expected = run.transcribe([file])["results"][0]["transcript"]
+    stereo = np.stack([samples, samples], axis=1)  # (samples, channels)
+    inputs = [
+        (samples, rate),
+        (torch.from_numpy(samples), rate),
+        (stereo, rate),
+        {"array": samples, "sampling_rate": rate},
+    ]
+    results = run.transcribe(inputs)["results"]
+    assert [r["transcript"] for r in results] == [expected] * 4 and results[0]["input"] == "<audio 0>"
+    bad = run.transcribe([(samples, -1), (np.zeros((0,), np.float32), rate), 42])["results"]
+    assert all("error" in r and "\n" not in r["error"] for r in bad)
+
+
+def test_a_run_refuses_features_it_did_not_learn_from(speech_run, tmp_path):
+    summary, root = speech_run
+    copy = tmp_path / "other-features"
+    shutil.copytree(summary["run"], copy)
+    info = json.loads((copy / "lamina.json").read_text())
+    info["meta"]["features"]["n_mels"] = 40
+    (copy / "lamina.json").write_text(json.dumps(info))
+    with pytest.raises(LaminaError, match=r"other features than this lamina computes \(n_mels\)"):
+        lamina.load(copy).transcribe([sorted((root / "audio" / "test").glob("*.flac"))[0]])
 
 
 def test_transcribe_cli_goes_past_bad_files(speech_run, tmp_path, capsys):

@@ -245,6 +245,23 @@ def test_length_bucketed_batches_are_reproducible_and_cover_every_pair():
     assert pad_share < 0.2  # sorted pools: far less padding than random batches (about 0.5 here)
 
 
+def test_length_bucketed_batches_are_shared_between_processes_at_every_position():
+    rng = random.Random(1)
+    sources = [[5] * rng.randint(1, 30) for _ in range(103)]  # 103 = 6 batches of 16 and one of 7
+    targets = [[6] * rng.randint(1, 30) for _ in range(103)]
+    batches = parallel.PairBatches(sources, targets, 16, train=True, seed=3)
+    order = batches.order(0)
+    for world in (2, 3, 8):
+        parts = [list(batches.epoch(0, 0, rank, world)) for rank in range(world)]
+        assert all(len(p) == len(order) for p in parts)  # every process trains at every position: resume stays exact
+        for b, rows in enumerate(order):
+            got = sum(p[b][0].shape[0] for p in parts)
+            assert got == max(len(rows), world)  # its rows shared out; a short batch lends each process one
+    evaluation = parallel.PairBatches(sources, targets, 16)
+    dealt = [len(list(evaluation.epoch(0, 0, rank, 3))) for rank in range(3)]
+    assert sum(dealt) == len(evaluation) and max(dealt) - min(dealt) <= 1
+
+
 # ----- models and search ------------------------------------------------------------------------------
 MODELS = [
     ("seq2seq", {}),

@@ -115,7 +115,7 @@ def load(run_dir: str | Path, device: str = "auto", task: str | None = None) -> 
     task_obj = task_cls(cfg, dev, Precision(resolve_amp(amp, dev), dev), run_dir)
     model = _build(task_obj, info["model"]["name"], info["model"]["args"], dev)
     try:
-        model.load_state_dict(ckpt.load_weights(run_dir / ckpt.WEIGHTS_FILE, dev))
+        model.load_state_dict(task_obj.upgrade_state(ckpt.load_weights(run_dir / ckpt.WEIGHTS_FILE, dev), info["meta"]))
     except RuntimeError as exc:
         raise LaminaError(
             f"{run_dir / ckpt.WEIGHTS_FILE} does not match the model recorded in "
@@ -302,14 +302,21 @@ def train(
         raise UsageError(f"{', '.join(unknown)}: not a setting of {task!r} runs (see: lamina config {task})")
     flags = {keys[k]: v for k, v in settings.items()}
     dist = Distributed.from_environment()
-    cfg, run_dir, automatic = _resolve_config(task_cls, out, resume, config_file, flags, sets, dist.main)
-    device = dist.device(resolve_device(cfg.train.device))
-    dist.start(device)
     try:
-        with log.quiet(cfg.train.quiet or not dist.main):
-            return _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist)
-    finally:
-        dist.stop()
+        cfg, run_dir, automatic = _resolve_config(task_cls, out, resume, config_file, flags, sets, dist.main)
+        if cfg.train.tensorboard:
+            log.require_tensorboard()
+        device = dist.device(resolve_device(cfg.train.device))
+        dist.start(device)
+        try:
+            with log.quiet(cfg.train.quiet or not dist.main):
+                return _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist)
+        finally:
+            dist.stop()
+    except LaminaError as exc:
+        if dist.main or isinstance(exc, Reported):
+            raise
+        raise Reported(str(exc)) from None  # every process meets it; the main one says it
 
 
 def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> dict[str, Any]:
@@ -342,6 +349,7 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> 
         dist=dist,
     )
     if saved is not None:
+        saved["model"] = task_obj.upgrade_state(saved["model"], prepared.meta)
         trainer.resume_from(saved)  # before lamina.json is rewritten: a failed resume leaves the run as it was
     info = {
         "format": ckpt.FORMAT_VERSION,
@@ -354,6 +362,8 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> 
         "versions": ckpt.versions(task_cls.libraries),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if resume:  # when the run began, not when it was last continued
+        info["created"] = ckpt.read_run(run_dir, need_weights=False).get("created", info["created"])
     write = ckpt.write_json if dist.main else (lambda path, obj: None)
     write(run_dir / ckpt.RUN_FILE, info)
     try:
@@ -362,7 +372,7 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> 
         info["status"] = "diverged" if isinstance(exc, NonFiniteLoss) else "failed"
         write(run_dir / ckpt.RUN_FILE, info)
         if isinstance(exc, NonFiniteLoss):
-            raise exc if dist.main else Reported(str(exc)) from None
+            raise
         raise LaminaError(
             f"out of memory on {device} (batch size {cfg.train.batch_size}); try a smaller --batch-size"
         ) from None
@@ -425,8 +435,8 @@ def _prepare(task_obj: Task, saved_meta, run_dir: Path, automatic: bool, resume:
             for name, content in prepared.files.items():
                 ckpt.atomic_write(run_dir / name, lambda tmp, content=content: tmp.write_bytes(content))
             outcome = (True, prepared.meta, str(run_dir))
-        except LaminaError as exc:
-            outcome = (False, str(exc), "")
+        except BaseException as exc:  # anything (a bug, Ctrl-C): the others must not wait for data that never comes
+            outcome = (False, str(exc) or type(exc).__name__, "")
             dist.broadcast(outcome)
             raise
     ok, meta, where = dist.broadcast(outcome)

@@ -266,7 +266,7 @@ def cmd_verb(a: argparse.Namespace, task_cls, verb: Verb) -> int:
     if verb.runs:  # several runs at once (e.g. compared in one plot); measured on the CPU unless told
         device = a.device if a.device != "auto" else "cpu"
         runs = [api.load(r, device, task=task_cls.name) for r in arguments.pop("runs")]
-        return _finish(runs[0].task, verb.name, api.inspect(verb.name, runs, **arguments), a.json)
+        return _finish(runs[0].task, verb.name, getattr(runs[0].task, verb.attr)(runs, **arguments), a.json)
     run = api.load(a.run, a.device)
     if verb.stream and not a.json:
         arguments["emit"] = lambda piece: print(piece, end="", flush=True)

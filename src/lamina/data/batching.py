@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lamina.data.vocab import PAD
-from lamina.engine.distributed import shard_rows
+from lamina.engine.distributed import train_rows
 
 POOL = 50  # batches per pool of length bucketing: similar lengths in a batch, yet a shuffled order
 
@@ -92,7 +92,8 @@ class LengthBatches:
 
     Training batches come from length_buckets, in an order fixed by (seed, epoch); evaluation batches
     are sorted by length, at most batch_size items and `cost` within `budget` each. Under torchrun a
-    training batch is cut into one part per process; evaluation batches are dealt round-robin.
+    training batch is cut into one part per process (engine.distributed.train_rows); evaluation
+    batches are dealt round-robin.
     """
 
     def __init__(
@@ -125,11 +126,10 @@ class LengthBatches:
         for b, rows in enumerate(self.order(index)[start:], start):
             if world > 1 and not self.train and b % world != rank:
                 continue
-            generator = torch.Generator().manual_seed(seed_for(self.seed, index, b)) if self.train else None
-            if world > 1 and self.train:
-                if len(rows) < world:  # too few to give every process one: skipped by all alike
-                    continue
-                rows = rows[shard_rows(len(rows), rank, world)]
+            generator = None
+            if self.train:  # augmentation drawn per (epoch, batch), and per process: its rows are its own
+                generator = torch.Generator().manual_seed(seed_for(self.seed, index, b, *([rank] if world > 1 else [])))
+                rows = [rows[i] for i in train_rows(len(rows), rank, world)] if world > 1 else rows
             yield self.collate(rows, generator)
 
     def collate(self, rows: list[int], generator: torch.Generator | None) -> Any:

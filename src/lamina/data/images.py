@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lamina.data.batching import hash_order, seed_for
 from lamina.data.sources import FASHION_MNIST
-from lamina.engine.distributed import shard_rows
+from lamina.engine.distributed import train_rows
 from lamina.engine.log import working
 from lamina.errors import LaminaError, warn
 
@@ -319,12 +319,17 @@ class ImageBatches:
             if self.train:
                 x = self.augment(x, torch.Generator().manual_seed(seed_for(self.seed, index, b)))
                 if world > 1:
-                    mine = shard_rows(len(y), rank, world)
+                    mine = torch.tensor(train_rows(len(y), rank, world), device=y.device)
                     x, y = x[mine], y[mine]
             yield x.contiguous(memory_format=self.memory_format), y
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random flips, padded random crops and random erasing for a whole uint8 batch (B, C, H, W)."""
+        """Random flips, padded random crops and random erasing for a whole uint8 batch (B, C, H, W).
+
+        lamina's own rather than torchvision.transforms.v2 because v2 draws one set of random
+        parameters per call from the global RNG: a batch would be flipped or cropped all alike, or
+        need a Python loop per image, and its draws could not be replayed from (seed, epoch, batch)
+        for an exact resume. Here every image gets its own draw from `gen`, on the batch's device."""
         B, C, H, W = x.shape
         if self.flip:
             mirror = (torch.rand(B, generator=gen) < 0.5).to(x.device)

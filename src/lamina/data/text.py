@@ -19,7 +19,7 @@ import torch
 
 from lamina.data.batching import seed_for
 from lamina.data.sources import SHAKESPEARE
-from lamina.engine.distributed import shard_rows
+from lamina.engine.distributed import shard_rows, train_rows
 from lamina.errors import LaminaError, UsageError, warn
 
 MAX_FILE_BYTES = 1 << 30
@@ -175,7 +175,13 @@ class TextStreams:
         self, index: int = 0, start: int = 0, rank: int = 0, world: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         span = min(self.length, self.batches * self.seq_len)
-        mine = shard_rows(self.rows, rank, world)
+        mine = (
+            train_rows(self.rows, rank, world)
+            if self.train
+            else list(range(self.rows))[shard_rows(self.rows, rank, world)]
+        )
+        if not mine:  # fewer evaluation streams than processes: this one has none to read
+            return
         starts = self.starts(index)[mine].to(self.tokens.device)
         streams = self.tokens[starts[:, None] + torch.arange(span + 1, device=self.tokens.device)]  # (rows, span + 1)
         g = torch.Generator().manual_seed(seed_for(self.seed, index, 1))  # not the offsets' stream

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, UsageError
 
 
 @dataclass
@@ -67,6 +67,9 @@ class Distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend, timeout=timedelta(minutes=30))
+        # The per-step stop flags travel through gloo on the CPU even beside NCCL: reading back a
+        # CUDA tensor every step would wait for the GPU, which the loop otherwise avoids.
+        self._flags = torch.distributed.new_group(backend="gloo") if backend == "nccl" else None
 
     def stop(self) -> None:
         if self.active and torch.distributed.is_initialized():
@@ -74,7 +77,12 @@ class Distributed:
 
     def device(self, device: torch.device) -> torch.device:
         """Each process on its own GPU: cuda means cuda:LOCAL_RANK under torchrun."""
-        if self.active and device.type == "cuda" and device.index is None:
+        if self.active and device.type == "cuda":
+            if device.index is not None:
+                raise UsageError(
+                    f"--device {device}: under torchrun every process takes its own GPU (cuda:LOCAL_RANK); "
+                    "give --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES"
+                )
             return torch.device("cuda", self.local_rank)
         return device
 
@@ -98,8 +106,9 @@ class Distributed:
         """The largest of each value over the processes: a stop flag raised anywhere stops everyone."""
         if not self.active:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        group = getattr(self, "_flags", None)
+        t = torch.tensor(values, dtype=torch.float64, device="cpu" if group else self._comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=group)
         return t.tolist()
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -125,10 +134,6 @@ class Distributed:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.active:
-            torch.distributed.barrier()
-
     def gather_batches(self, local: list[Any]) -> list[Any]:
         """Per-batch results of an evaluation shared round-robin (batch b on rank b % world), back in
         the order one process would have produced them: the metrics then come out exactly the same."""
@@ -144,8 +149,19 @@ class Distributed:
 
 
 def shard_rows(n: int, rank: int, world: int) -> slice:
-    """The rows of a global batch of n that one process trains on: equal contiguous parts (the
-    first n % world processes take one more), every row in exactly one."""
+    """The rows of a global batch of n that one process reads: equal contiguous parts (the first
+    n % world processes take one more), every row in exactly one; with fewer rows than processes,
+    some parts are empty (evaluation skips them)."""
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
+
+
+def train_rows(n: int, rank: int, world: int) -> list[int]:
+    """The rows of a training batch of n that one process trains on: shard_rows, except that a batch
+    with fewer rows than processes gives each process one of them again (as DistributedSampler pads
+    by repeating samples), so that no process ever trains on nothing and every batch position is
+    trained by all: positions, resume and time budgets stay those of one process."""
+    if n >= world:
+        return list(range(n))[shard_rows(n, rank, world)]
+    return [rank % n]

@@ -141,17 +141,22 @@ def working(items: Iterable[T], label: str, total: int | None = None, min_second
         print(f"{back}{label}: {done:,} in {time.perf_counter() - started:.1f} s", file=stream, flush=True)
 
 
+def require_tensorboard() -> None:
+    """A one-line error now, not after the data has loaded, when --tensorboard cannot work."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise LaminaError("--tensorboard needs the tensorboard package: pip install 'lamina[tensorboard]'")
+
+
 class TensorBoard:
     """Scalars for TensorBoard (torch.utils.tensorboard), in RUN/tensorboard/: `tensorboard --logdir runs`."""
 
-    def __init__(self, folder: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise LaminaError(
-                "--tensorboard needs the tensorboard package: pip install 'lamina[tensorboard]'"
-            ) from None
-        self.writer = SummaryWriter(str(folder))
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
         for key, value in values.items():

@@ -117,9 +117,13 @@ class Meter:
 class _Interrupt:
     """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save; a second
     one, a moment later, aborts at once. The same signal again within REPEAT seconds is the same
-    request: torchrun forwards the Ctrl-C its workers already received from the terminal. Whatever
-    handled the signals before (Python's default, or SIG_IGN in a background job) is put back after.
-    Signal handlers exist only in the main thread; elsewhere (a server's worker) this does nothing."""
+    request: torchrun forwards the Ctrl-C its workers already received from the terminal.
+
+    A signal the process was told to ignore stays ignored (a shell starts background jobs of a
+    script with SIGINT ignored, so that Ctrl-C stops the script and not them; SIGTERM still stops
+    them cleanly), and one handled outside Python is left alone; whatever handled a signal before
+    is put back after. Signal handlers exist only in the main thread; elsewhere (a server's worker)
+    this does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT = 1.0
@@ -129,10 +133,13 @@ class _Interrupt:
         self._active = threading.current_thread() is threading.main_thread()
 
     def __enter__(self):
+        self._previous = {}
         if self._active:
-            self._previous = {s: signal.getsignal(s) for s in self.SIGNALS}
             for s in self.SIGNALS:
-                signal.signal(s, self._handle)
+                before = signal.getsignal(s)
+                if before not in (signal.SIG_IGN, None):
+                    self._previous[s] = before
+                    signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -143,9 +150,8 @@ class _Interrupt:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self._active:
-            for s, handler in self._previous.items():
-                signal.signal(s, handler)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -202,12 +208,14 @@ class Trainer:
         self._last_saved_step = 0
         quiet = cfg.train.quiet or not self.dist.main
         self.bar = Progress(enabled=False if quiet else None)
-        self.board = TensorBoard(self.run_dir / "tensorboard") if cfg.train.tensorboard and self.dist.main else None
+        self.board: TensorBoard | None = None  # opened by fit(), after a resume has set the step
 
     # ----- the loop -------------------------------------------------------------------------
     def fit(self) -> FitResult:
         t = self.cfg.train
         status = None
+        if t.tensorboard and self.dist.main:  # a resumed run's later steps, logged before, are logged anew
+            self.board = TensorBoard(self.run_dir / "tensorboard", purge_step=self.state.step + 1)
         with _Interrupt() as interrupt:
             while status is None:
                 if t.epochs and self.state.epoch >= t.epochs:
@@ -239,7 +247,7 @@ class Trainer:
             if status == "interrupted":
                 self._check_finite(self.meter.reduce(self.dist)[0])  # never checkpoint weights that diverged
                 self._save_trainer()
-            elif self.meter.n:
+            elif self.meter.steps:  # steps since the last evaluation: the same count in every process
                 self._evaluate_and_checkpoint()
         if status != "interrupted" and t.keep == "best" and self.state.best_step not in (0, self.state.step):
             best = self._best_weights or ckpt.load_weights(self.run_dir / ckpt.WEIGHTS_FILE)

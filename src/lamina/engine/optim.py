@@ -3,6 +3,9 @@
 A schedule here is a function of *progress* p in [0, 1], not of the step count, so the same recipe
 works whether training is bounded by epochs (p = step / total steps) or by a wall-clock budget
 (p = elapsed / budget): with a budget the learning rate anneals to zero exactly when time runs out.
+torch.optim.lr_scheduler cannot do that: its schedulers count steps towards a total fixed in
+advance (OneCycleLR's total_steps), and under a time budget the number of steps is known only at
+the end. The optimizers themselves are torch's.
 """
 
 from __future__ import annotations

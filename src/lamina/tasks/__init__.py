@@ -13,9 +13,20 @@ from lamina.tasks.base import Prepared, Task
 TASKS: dict[str, type[Task]] = {}
 
 
+# What a task's declarations must not take: lamina's own commands, what every verb gets, what the
+# train command has besides settings, and what Run has besides verbs.
+COMMANDS = {"train", "evaluate", "predict", "inspect", "models", "config", "runs", "data", "help"}
+VERB_OPTIONS = {"run", "device", "json", "help"}
+TRAIN_OPTIONS = {"--out", "--resume", "--config", "--set", "--json", "--help"}
+RUN_ATTRIBUTES = {"path", "info", "config", "task", "model", "meta", "call", "evaluate", "predict"}
+
+
 def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator: make a Task subclass known by its name; a duplicate name (or a verb name
-    another task already declares) is a programming error."""
+    """Class decorator: make a Task subclass known by its name. A duplicate name, a verb another
+    task already declares, or a name lamina itself uses is a programming error, said here rather
+    than by every command later."""
+    from lamina import config
+
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.name in TASKS and TASKS[cls.name] is not cls:
@@ -24,25 +35,42 @@ def register_task(cls: type[Task]) -> type[Task]:
         owner = next((t for t in TASKS.values() if t is not cls and verb.name in {v.name for v in t.verbs}), None)
         if owner is not None:
             raise ValueError(f"verb {verb.name!r} of task {cls.name!r} is already declared by task {owner.name!r}")
+        if (verb.name in COMMANDS and not verb.group) or verb.attr in RUN_ATTRIBUTES:
+            raise ValueError(f"verb {verb.name!r} of task {cls.name!r} would hide lamina's own {verb.name!r}")
+        taken = {a.dest for a in verb.args} & (VERB_OPTIONS - ({"run"} if verb.runs else set()))
+        if taken:
+            raise ValueError(
+                f"verb {verb.name!r} of task {cls.name!r} declares {', '.join(sorted(taken))}, "
+                "which every verb has already"
+            )
+    shared = config.flags()
+    for key, flag in config.flags(cls.Data).items():
+        if flag in TRAIN_OPTIONS or (flag in shared.values() and shared.get(key) != flag):
+            raise ValueError(f"{key} of task {cls.name!r} declares {flag}, which lamina train has already")
     TASKS[cls.name] = cls
     return cls
 
 
+_loaded = []
+
+
 def _load() -> None:
-    if _load.done:
+    if _loaded:
         return
-    _load.done = True
+    _loaded.append(True)
     from importlib.metadata import entry_points
 
     from lamina.tasks import classify, lm, transcribe, translate  # noqa: F401  (each registers itself)
 
     for entry in entry_points(group="lamina.tasks"):
-        loaded = entry.load()
-        if callable(loaded) and not isinstance(loaded, type):
-            loaded()
+        try:
+            loaded = entry.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded()
+        except Exception as exc:  # a broken plugin must not break every command
+            from lamina.errors import warn
 
-
-_load.done = False
+            warn(f"the lamina.tasks plugin {entry.name!r} failed to load: {type(exc).__name__}: {exc}")
 
 
 def get_task(name: str) -> type[Task]:

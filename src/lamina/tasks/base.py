@@ -115,6 +115,16 @@ class Task:
         if self.cfg.train.init or self.cfg.train.freeze:
             raise UsageError(f"task {self.name!r} does not support --init or --freeze")
 
+    @property
+    def global_batch(self) -> int:
+        """Samples in one training batch over every process: --batch-size is each process's share."""
+        return self.cfg.train.batch_size * self.dist.world
+
+    def upgrade_state(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Weights saved by an older lamina, brought to this one's model (called whenever saved
+        weights are loaded); as they are by default."""
+        return state
+
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         raise NotImplementedError
 

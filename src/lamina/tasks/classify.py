@@ -61,6 +61,7 @@ class ClassifyTask(Task):
     data_model_args = ("in_channels", "num_classes", "image_size")
     resume_keys = ("classes", "channels", "image_size")
     transfer = True
+    libraries = ("torchmetrics",)
     predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely classes to show"),)
 
     # ----- data ---------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class ClassifyTask(Task):
         d, t = self.cfg.data, self.cfg.train
         return img.ImageBatches(
             data,
-            t.batch_size * self.dist.world if train else max(t.batch_size, 512),
+            self.global_batch if train else max(t.batch_size, 512),
             self.device,
             train=train,
             seed=t.seed,
@@ -197,9 +198,20 @@ class ClassifyTask(Task):
         if t.freeze:
             model.freeze_features()  # resuming a frozen transfer run: the weights come from trainer.pt
 
+    def upgrade_state(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Runs saved before models held their normalisation kept it in meta only: put it in."""
+        if "normalize.mean" in state or "mean" not in meta:
+            return state
+        c = len(meta["mean"])
+        return {
+            "normalize.mean": torch.tensor(meta["mean"]).view(1, c, 1, 1),
+            "normalize.std": torch.tensor(meta["std"]).view(1, c, 1, 1),
+            **state,
+        }
+
     def init_from(self, model: nn.Module, run_dir: str | Path) -> None:
         info = ckpt.read_run(run_dir, task=self.name)
-        state = ckpt.load_weights(Path(run_dir) / ckpt.WEIGHTS_FILE)
+        state = self.upgrade_state(ckpt.load_weights(Path(run_dir) / ckpt.WEIGHTS_FILE), info.get("meta", {}))
         backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
         try:
             missing, unexpected = model.load_state_dict(backbone, strict=False)

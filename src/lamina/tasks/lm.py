@@ -136,7 +136,7 @@ class LanguageModelTask(Task):
                 f"the training text ({len(train_ids)} characters) is too short for data.seq_len "
                 f"{d.seq_len}; give more text or a smaller --set data.seq_len"
             )
-        wanted = t.batch_size * self.dist.world  # every process reads batch_size of the streams
+        wanted = self.global_batch  # every process reads batch_size of the streams
         rows = min(wanted, (len(train_ids) - d.seq_len) // d.seq_len)
         if rows < wanted:
             warn(

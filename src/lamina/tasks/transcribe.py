@@ -143,7 +143,7 @@ class TranscribeTask(Task):
         train_batches = SpeechBatches(
             feats,
             train,
-            t.batch_size * self.dist.world,
+            self.global_batch,
             train=True,
             seed=t.seed,
             device=self.device,

@@ -163,7 +163,7 @@ class TranslateTask(Task):
         train = parallel.PairBatches(
             [sources[i] for i in keep],
             [targets[i] for i in keep],
-            t.batch_size * self.dist.world,
+            self.global_batch,
             train=True,
             seed=t.seed,
             device=self.device,
@@ -217,10 +217,14 @@ class TranslateTask(Task):
             out.update(self.scores(batches.pairs, hyps))
         return out
 
-    def scores(self, pairs: list[parallel.Pair], hyps: list[decoding.Hypothesis]) -> dict[str, float]:
+    def scores(self, pairs: list[parallel.Pair], hyps: list[decoding.Hypothesis]) -> dict[str, Any]:
         outputs = [self.tokenizer.decode(h.tokens) for h in hyps]
         refs = [t for _, t in pairs]
-        return {"bleu": metrics.bleu(outputs, refs), "chrf": metrics.chrf(outputs, refs)}
+        return {
+            "bleu": metrics.bleu(outputs, refs),
+            "chrf": metrics.chrf(outputs, refs),
+            "bleu_signature": metrics.bleu_signature(),
+        }
 
     def report(
         self,
@@ -249,7 +253,6 @@ class TranslateTask(Task):
         seconds = time.perf_counter() - started
         outputs = [self.tokenizer.decode(h.tokens) for h in hyps]
         result.update(self.scores(pairs, hyps))
-        result["bleu_signature"] = metrics.bleu_signature()
         result["by_length"] = metrics.bleu_by_length([s for s, _ in pairs], outputs, [t for _, t in pairs])
         result["sentences_per_s"] = len(pairs) / max(seconds, 1e-9)
         table = "".join(f"{s}\t{t}\t{o}\n" for (s, t), o in zip(pairs, outputs))
