@@ -37,41 +37,33 @@ def _tasks():
 
 # ----- the parser, from the registry ---------------------------------------------------------------
 def _train_flags(parser: argparse.ArgumentParser) -> None:
-    """One option per setting that declares a flag, over every task's settings; a flag that several
-    tasks declare is documented for each."""
-    seen: dict[str, tuple[str, list[str]]] = {}  # flag -> (key, helps)
-    options: dict[str, dict[str, Any]] = {}
+    """One option per setting that declares a flag: the shared settings, then every task's data
+    settings; a flag that several tasks declare (--data, --val) is one option whose help names each."""
+    found: dict[str, dict[str, Any]] = {}  # flag -> the setting's key, field and type, and the helps
     for task_cls in [None, *_tasks()]:
-        data = task_cls.Data if task_cls else config_mod.DataConfig
-        cfg = config_mod.empty(data)
+        cfg = config_mod.empty(task_cls.Data if task_cls else config_mod.DataConfig)
         for key, f in config_mod.declared(cfg).items():
             flag = f.metadata.get("flag")
-            if not flag or (task_cls and key.startswith(("model.", "optim.", "train."))):
-                continue
-            if flag in seen and seen[flag][0] != key:
-                raise ValueError(f"{flag} is declared for both {seen[flag][0]} and {key}")
+            if not flag or (task_cls and not key.startswith("data.")):
+                continue  # the shared sections' flags come once, from the first pass
             hint = typing.get_type_hints(type(getattr(cfg, key.partition(".")[0])))[f.name]
-            help_text = (
-                f.metadata["help"]
-                if task_cls is None or key == "data.name"
-                else f"{task_cls.name}: {f.metadata['help']}"
-            )
-            if flag in seen:
-                if task_cls and key != "data.name":
-                    seen[flag][1].append(help_text)
-                continue
-            seen[flag] = (key, [help_text])
-            kw: dict[str, Any] = {"default": None, "metavar": f.metadata.get("metavar")}
-            if hint is bool:
-                kw = {"action": "store_true", "default": None}
-            elif f.metadata.get("choices"):
-                kw["choices"] = f.metadata["choices"]
-                kw.pop("metavar")
-            else:
-                kw["type"] = hint if hint in (int, float) else str
-            options[flag] = kw
-    for flag, (_, helps) in seen.items():
-        parser.add_argument(flag, help="; ".join(dict.fromkeys(helps)).replace("%", "%%"), **options[flag])
+            entry = found.setdefault(flag, {"key": key, "field": f, "hint": hint, "helps": []})
+            if entry["key"] != key:
+                raise ValueError(f"{flag} is declared for both {entry['key']} and {key}")
+            entry["helps"].append(f"{task_cls.name}: {f.metadata['help']}" if task_cls else f.metadata["help"])
+    for flag, entry in found.items():
+        f, hint = entry["field"], entry["hint"]
+        if hint is bool:
+            options: dict[str, Any] = {"action": "store_true", "default": None}
+        elif f.metadata.get("choices"):
+            options = {"choices": f.metadata["choices"], "default": None}
+        else:
+            options = {
+                "type": hint if hint in (int, float) else str,
+                "metavar": f.metadata.get("metavar"),
+                "default": None,
+            }
+        parser.add_argument(flag, help="; ".join(dict.fromkeys(entry["helps"])).replace("%", "%%"), **options)
 
 
 def _union(parser: argparse.ArgumentParser, per_task: dict[str, tuple[Arg, ...]]) -> None:
@@ -365,6 +357,12 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:  # without building the parser, which reads every task (and imports torch)
+        from lamina import __version__
+
+        print(f"lamina {__version__}")
+        return 0
     try:
         parser = _parser()
         args = parser.parse_args(argv)

@@ -75,7 +75,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = setting("sgd", "optimizer", flag="--optimizer", choices=("sgd", "adamw"))
-    lr: float = setting(0.1, "peak learning rate", flag="--lr", check=POSITIVE)
+    lr: float = setting(0.1, "peak learning rate", flag="--lr", metavar="X", check=POSITIVE)
     momentum: float = setting(0.9, "SGD momentum, or AdamW's beta1", check=(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     nesterov: bool = setting(True, "Nesterov momentum (SGD)")
     weight_decay: float = setting(5e-4, "decoupled weight decay (not on biases and norms)", check=NON_NEGATIVE)
@@ -96,7 +96,11 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = setting(
-        10, "passes over the training data (0: no limit, needs a time budget)", flag="--epochs", check=NON_NEGATIVE
+        10,
+        "passes over the training data (0: no limit, needs a time budget)",
+        flag="--epochs",
+        metavar="N",
+        check=NON_NEGATIVE,
     )
     time_budget: float = setting(
         0.0,
@@ -106,7 +110,11 @@ class TrainConfig:
         check=NON_NEGATIVE,
     )
     batch_size: int = setting(
-        256, "samples per batch in each process", flag="--batch-size", check=(lambda v: v >= 1, "must be at least 1")
+        256,
+        "samples per batch in each process",
+        flag="--batch-size",
+        metavar="N",
+        check=(lambda v: v >= 1, "must be at least 1"),
     )
     accumulate: int = setting(
         1,
@@ -134,6 +142,7 @@ class TrainConfig:
         0,
         "random seed (data order, augmentation, initial weights)",
         flag="--seed",
+        metavar="N",
         check=(lambda v: 0 <= v < 2**63, "must be in [0, 2**63)"),
     )
     eval_every: int = setting(0, "evaluate every N optimizer steps (0: at the end of every epoch)", check=NON_NEGATIVE)
