@@ -265,7 +265,7 @@ def _check_same_data(task_cls: type[Task], run_dir: Path, saved: dict[str, Any],
 
 def settings_keys(task_cls: type[Task]) -> dict[str, str]:
     """Keyword arguments of train() (the --flags, without their dashes) -> dotted setting keys."""
-    return {flag.lstrip("-").replace("-", "_"): key for key, flag in config_mod.flags(task_cls.Data).items()}
+    return {flag[2:].replace("-", "_"): key for key, flag in config_mod.flags(task_cls.Data).items()}  # as argparse
 
 
 def train(

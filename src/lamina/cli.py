@@ -40,6 +40,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     """One option per setting that declares a flag: the shared settings, then every task's data
     settings; a flag that several tasks declare (--data, --val) is one option whose help names each."""
     found: dict[str, dict[str, Any]] = {}  # flag -> the setting's key, field and type, and the helps
+    dests: list[str] = []
     for task_cls in [None, *_tasks()]:
         cfg = config_mod.empty(task_cls.Data if task_cls else config_mod.DataConfig)
         for key, f in config_mod.declared(cfg).items():
@@ -63,7 +64,9 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
                 "metavar": f.metadata.get("metavar"),
                 "default": None,
             }
-        parser.add_argument(flag, help="; ".join(dict.fromkeys(entry["helps"])).replace("%", "%%"), **options)
+        help_text = "; ".join(dict.fromkeys(entry["helps"])).replace("%", "%%")
+        dests.append(parser.add_argument(flag, help=help_text, **options).dest)
+    parser.set_defaults(settings=dests)  # the keyword arguments of api.train these options fill
 
 
 def _union(parser: argparse.ArgumentParser, per_task: dict[str, tuple[Arg, ...]]) -> None:
@@ -195,8 +198,7 @@ def _finish(task, verb: str, result: dict[str, Any], as_json: bool) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from lamina import api
 
-    names = {flag.lstrip("-").replace("-", "_") for flag in _all_flags()}
-    settings = {k: getattr(a, k) for k in names if getattr(a, k, None) is not None}
+    settings = {k: getattr(a, k) for k in a.settings if getattr(a, k) is not None}
     # With --json, stdout carries only the summary object; progress lines go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
         summary = api.train(
@@ -211,13 +213,6 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         get_task(a.task or _task_of(summary["run"])).render("train", summary)
     return 130 if summary["status"] == "interrupted" else 0
-
-
-def _all_flags() -> set[str]:
-    flags = set(config_mod.flags().values())
-    for task_cls in _tasks():
-        flags |= set(config_mod.flags(task_cls.Data).values())
-    return flags
 
 
 def _task_of(run: str) -> str:

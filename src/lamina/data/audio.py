@@ -239,11 +239,6 @@ def file_seconds(path: str | Path) -> float:
     return soundfile.info(str(path)).duration
 
 
-def frames_of(samples: int) -> int:
-    """Feature frames log_mel makes of `samples` samples (centred windows)."""
-    return 1 + max(samples, WINDOW) // HOP
-
-
 def split_quiet(wave: np.ndarray, max_seconds: float) -> list[np.ndarray]:
     """Pieces of at most max_seconds, cut at the quietest 10 ms in the last third of each piece, so
     that a long recording is transcribed in chunks the model was trained on without cutting words."""
