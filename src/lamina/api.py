@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,6 +406,11 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> 
 
         plot_curves(result.history, run_dir / "curves.png", task_cls.monitor[0])
     summary["seconds"] = round(trainer.elapsed(), 2)
+    warnings = task_obj.warnings(result.history, metrics, prepared.meta)
+    for warning in warnings if dist.main else ():
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if warnings:
+        summary["warnings"] = info["warnings"] = warnings
     info.update(
         status="complete",
         stopped=result.status,

@@ -111,10 +111,10 @@ class TrainConfig:
     )
     batch_size: int = setting(
         256,
-        "samples per batch in each process",
+        "samples per batch in each process (0: chosen from the size of the training set, where the task can)",
         flag="--batch-size",
         metavar="N",
-        check=(lambda v: v >= 1, "must be at least 1"),
+        check=NON_NEGATIVE,
     )
     accumulate: int = setting(
         1,

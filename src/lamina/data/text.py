@@ -29,6 +29,7 @@ MAX_FILE_BYTES = 1 << 30
 class Corpus:
     train: str
     val: str
+    test: str = ""  # empty when data.test_fraction is 0
     source: dict[str, Any] = field(default_factory=dict)  # name, files, sizes, SHA-256: saved in the run
 
 
@@ -46,39 +47,47 @@ def decode(data: bytes, where: str | Path) -> str:
 def read_text(path: Path) -> tuple[str, list[str]]:
     """(text, files used) of a text file, or of every file in a folder, sorted by relative path and
     concatenated. In a folder, binary and non-UTF-8 files are skipped with a warning."""
+    parts = read_parts(path)
+    return "".join(t for _, t in parts), [name for name, _ in parts]
+
+
+def read_parts(path: Path) -> list[tuple[str, str]]:
+    """(file name, text) of a text file, or of every readable text file in a folder, in order."""
     if path.is_file():
         if path.stat().st_size > MAX_FILE_BYTES:
             raise LaminaError(f"{path} is larger than 1 GiB; split it into a folder of files")
         text = decode(path.read_bytes(), path)
         if not text.strip():
             raise LaminaError(f"{path} holds no text")
-        return text, [path.name]
+        return [(path.name, text)]
     if not path.is_dir():
         raise LaminaError(f"{path}: no such file or folder")
     files = sorted(
         p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
     )
-    parts, used = [], []
+    parts = []
     for p in files:
         try:
-            parts.append(decode(p.read_bytes(), p))
-            used.append(str(p.relative_to(path)))
+            parts.append((str(p.relative_to(path)), decode(p.read_bytes(), p)))
         except LaminaError as exc:
             warn(f"skipped {exc}")
         except OSError as exc:  # unreadable (permissions, a vanished file): skipped like a binary one
             warn(f"skipped {p}: {exc.strerror or exc}")
-    text = "".join(parts)
-    if not text.strip():
+    if not "".join(t for _, t in parts).strip():
         raise LaminaError(f"{path} holds no text files" if not files else f"{path} holds no readable text")
-    return text, used
+    return parts
 
 
-def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Corpus:
-    """A named corpus or a path; validation is `val_path` if given, else the final `val_fraction` of
-    the characters (for Shakespeare: most of Troilus and Cressida, then Twelfth Night, The Two
-    Gentlemen of Verona and The Winter's Tale, the last plays in file-name order, unseen in training)."""
+def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.05, test_fraction: float = 0.05) -> Corpus:
+    """A named corpus or a path, in three parts: training text, then validation text (which picks
+    checkpoints and recipes), then test text (measured once, for the figures a run reports).
+    Validation is `val_path` if given, else the `val_fraction` of the characters before the final
+    `test_fraction`. The cuts fall between whole works where the text has several (the files of a
+    folder; Shakespeare's plays and poems, in file-name order: validation Troilus and Cressida and
+    Twelfth Night, test The Two Gentlemen of Verona and The Winter's Tale), else at a line start."""
     if name == SHAKESPEARE.name:
-        text, names = SHAKESPEARE.corpus()
+        whole, names = SHAKESPEARE.corpus()
+        lengths = [len(data.decode("utf-8")) for _, data in SHAKESPEARE.files()]
         origin = str(SHAKESPEARE.locate())
     else:
         path = Path(name).expanduser()
@@ -86,32 +95,51 @@ def load_corpus(name: str, val_path: str = "", val_fraction: float = 0.1) -> Cor
             raise UsageError(
                 f"unknown dataset {name!r}; choose from: {SHAKESPEARE.name}, or give a text file or folder"
             )
-        text, names = read_text(path)
+        parts = read_parts(path)
+        whole, names, lengths = "".join(t for _, t in parts), [n for n, _ in parts], [len(t) for _, t in parts]
         origin = str(path)
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(whole.encode("utf-8")).hexdigest()
+    starts = [sum(lengths[:i]) for i in range(1, len(lengths))]  # where each work after the first begins
+    n = len(whole)
+    test_cut = cut_point(whole, starts, n - n * test_fraction, n * test_fraction) if test_fraction else n
     if val_path:
-        val, _ = read_text(Path(val_path).expanduser())
-        train = text
+        train, val = whole[:test_cut], read_text(Path(val_path).expanduser())[0]
     else:
-        cut = int(len(text) * (1 - val_fraction))
-        train, val = text[:cut], text[cut:]
+        val_cut = cut_point(whole, [b for b in starts if b < test_cut], test_cut - n * val_fraction, n * val_fraction)
+        train, val = whole[: min(val_cut, test_cut)], whole[min(val_cut, test_cut) : test_cut]
+    test = whole[test_cut:]
     if len(val) < 2:
         raise LaminaError(
             f"the validation text of {name} is empty (or one character); give data.val_fraction > 0 "
             "or a validation text with --val PATH"
         )
     if len(train) < 2:
-        raise LaminaError(f"{name} is too short to split into training and validation text ({len(text)} characters)")
+        raise LaminaError(
+            f"{name} is too short to split into training, validation and test text ({len(whole)} characters)"
+        )
     source = {
         "name": name,
         "source": origin,
         "files": len(names),
-        "characters": len(text),
+        "characters": len(whole),
         "sha256": digest,
         "train": len(train),
         "val": len(val),
+        "test": len(test),
     }
-    return Corpus(train, val, source)
+    return Corpus(train, val, test, source)
+
+
+def cut_point(text: str, starts: list[int], ideal: float, piece: float) -> int:
+    """Where to cut `text` near character `ideal`, for a piece of about `piece` characters: at the
+    nearest start of a work (a file) when one leaves the piece between half and one and a half times
+    as long as asked, else at the line start before `ideal` (at `ideal` itself in a text without lines)."""
+    ideal = max(1, min(len(text) - 1, round(ideal)))
+    near = [b for b in starts if abs(b - ideal) <= piece / 2]
+    if near:
+        return min(near, key=lambda b: abs(b - ideal))
+    line = text.rfind("\n", 0, ideal) + 1
+    return line if line > 0 else ideal
 
 
 # ----- batches ---------------------------------------------------------------------------------

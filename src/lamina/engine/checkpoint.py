@@ -75,9 +75,14 @@ def load_trainer(path: Path) -> dict[str, Any]:
             "start it again without --resume"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise LaminaError(f"cannot read {path}: {exc}") from None
+        # torch's refusal of a foreign pickle is many lines of advice about weights_only: keep its first
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise LaminaError(f"cannot read {path}: not a lamina training checkpoint ({reason[:160]})") from None
+    if not isinstance(state, dict) or "model" not in state or "optimizer" not in state:
+        raise LaminaError(f"cannot read {path}: not a lamina training checkpoint (no model and optimizer state)")
+    return state
 
 
 BASE_LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "safetensors")

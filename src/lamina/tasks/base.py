@@ -118,7 +118,23 @@ class Task:
     @property
     def global_batch(self) -> int:
         """Samples in one training batch over every process: --batch-size is each process's share."""
+        if not self.cfg.train.batch_size:
+            raise UsageError(f"task {self.name!r} cannot choose its batch size: give --batch-size N (N >= 1)")
         return self.cfg.train.batch_size * self.dist.world
+
+    def settle_batch_size(self, n_train: int, largest: int = 256, smallest: int = 16, steps: int = 50) -> None:
+        """--batch-size 0: the largest power of two up to `largest` (over every process) that still
+        gives `steps` optimizer steps per epoch, and at least `smallest`. A recipe tuned on 50,000
+        images at batch 256 gets 7 steps per epoch from 1,600 images: too few for its warm-up and
+        learning rate, which then blow the network up in the first epoch. The choice is saved with the
+        run's configuration, so a resumed run keeps it."""
+        t = self.cfg.train
+        if t.batch_size:
+            return
+        batch = largest
+        while batch > smallest and n_train / batch < steps:
+            batch //= 2
+        t.batch_size = max(1, batch // self.dist.world)
 
     def upgrade_state(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Weights saved by an older lamina, brought to this one's model (called whenever saved
@@ -146,6 +162,17 @@ class Task:
         selection) and at its end (tta=None: as the run is configured). Every process evaluates its
         share of the stream (self.dist) and all return the metrics of the whole of it."""
         raise NotImplementedError
+
+    def warnings(self, history: list[dict[str, Any]], metrics: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+        """What the user should know at the end of training: here, a training loss that rose (the
+        learning rate too high for the run's length and data). Tasks add their own (chance level)."""
+        losses = [r["train_loss"] for r in history if "train_loss" in r]
+        if len(losses) >= 2 and losses[-1] > losses[0]:
+            return [
+                f"the training loss rose from {losses[0]:.4g} to {losses[-1]:.4g}: the learning rate is probably "
+                "too high for this data; try a lower --lr, a smaller --batch-size or more --epochs"
+            ]
+        return []
 
     # ----- using a trained run --------------------------------------------------------------------
     def has_split(self, data: str, split: str) -> bool:

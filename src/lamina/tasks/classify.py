@@ -55,7 +55,8 @@ class ClassifyTask(Task):
     description = "image classification with MLPs and convolutional networks"
     Data = ClassifyData
     monitor = ("accuracy", "max")
-    defaults = {"model.name": "vgg-s", "optim.lr": 0.2, "train.label_smoothing": 0.1}
+    # batch 0: 256 on large data, smaller where 256 would leave too few steps per epoch (settle_batch_size)
+    defaults = {"model.name": "vgg-s", "optim.lr": 0.2, "train.label_smoothing": 0.1, "train.batch_size": 0}
     datasets = (FASHION_MNIST.name,)
     data_paths = "a folder of class sub-folders of images"
     data_model_args = ("in_channels", "num_classes", "image_size")
@@ -110,6 +111,7 @@ class ClassifyTask(Task):
         train = img.limit_per_class(splits["train"], d.per_class)
         if len(train) == 0:
             raise LaminaError(f"no training images left in {d.name} after data.classes / data.per_class")
+        self.settle_batch_size(len(train))
         size = d.image_size or train.images.shape[-1]
         train = img.ImageSet(img.resize(train.images, size), train.labels, train.classes, train.keys)
         mean, std = img.channel_stats(train.images)
@@ -132,6 +134,7 @@ class ClassifyTask(Task):
             "name": d.name,
             "source": str(source or ""),
             "train": len(train),
+            "class_counts": torch.bincount(train.labels, minlength=len(train.classes)).tolist(),
             "val": len(val) if val else 0,
             "test": len(test) if test else 0,
         }
@@ -186,6 +189,22 @@ class ClassifyTask(Task):
             fill=meta["mean"],
             channels_last=t.channels_last,
         )
+
+    def warnings(self, history: list[dict[str, Any]], metrics: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+        found = super().warnings(history, metrics, meta)
+        # Chance: always answering the most frequent training class; "at chance" leaves a tenth of the way up.
+        counts = meta.get("data", {}).get("class_counts") or [1] * len(meta["classes"])
+        chance = max(counts) / sum(counts)
+        for split in ("test", "val"):
+            accuracy = metrics.get(split, {}).get("accuracy")
+            if accuracy is not None:
+                if accuracy < chance + 0.1 * (1 - chance):
+                    found.append(
+                        f"{split} accuracy {accuracy:.2%} is at chance level ({chance:.2%}, always the most frequent "
+                        "class): the network learnt nothing; try a lower --lr, a smaller --batch-size or more --epochs"
+                    )
+                break
+        return found
 
     # ----- model --------------------------------------------------------------------------------
     def setup_model(self, model: nn.Module, meta: dict[str, Any], resume: bool) -> None:

@@ -38,20 +38,27 @@ ESTIMATE_CHARS = 65_536  # the validation sample that picks the best checkpoint 
 
 @dataclass
 class LanguageModelData(DataConfig):
-    """A text, its validation part, and how it is cut into streams."""
+    """A text, its validation and test parts, and how it is cut into streams."""
 
     name: str = setting(
         "shakespeare", "shakespeare, or a UTF-8 text file or a folder of text files", flag="--data", metavar="NAME|PATH"
     )
     val: str = setting(
         "",
-        "validation text file or folder (default: the final data.val_fraction of the text)",
+        "validation text file or folder (default: the data.val_fraction of the text before its test part)",
         flag="--val",
         metavar="PATH",
         path=True,
     )
     val_fraction: float = setting(
-        0.1, "the final part of the text held out for validation", check=(lambda v: 0 <= v < 1, "must be in [0, 1)")
+        0.05,
+        "held out for validation (picks checkpoints): the part of the text before the test part",
+        check=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    )
+    test_fraction: float = setting(
+        0.05,
+        "the final part of the text, held out for the figures a run reports (0: no test text)",
+        check=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     )
     seq_len: int = setting(
         128,
@@ -125,12 +132,14 @@ class LanguageModelTask(Task):
     # ----- data ---------------------------------------------------------------------------------
     def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
         d, t = self.cfg.data, self.cfg.train
-        corpus = text.load_corpus(d.name, d.val, d.val_fraction)
-        # The vocabulary is every character of the run's own text (train and validation), in sorted
-        # order; a resumed run keeps its own.
-        vocab = CharVocab(previous_meta["vocab"]) if previous_meta else CharVocab.build(corpus.train + corpus.val)
+        corpus = self.corpus(d.name)
+        # The vocabulary is every character of the run's own text (all three parts), in sorted order;
+        # a resumed run keeps its own.
+        everything = corpus.train + corpus.val + corpus.test
+        vocab = CharVocab(previous_meta["vocab"]) if previous_meta else CharVocab.build(everything)
         train_ids = vocab.encode(corpus.train, "the training text")
         val_ids = vocab.encode(corpus.val, "the validation text")
+        test_ids = vocab.encode(corpus.test, "the test text") if len(corpus.test) >= 2 else None
         if len(train_ids) <= 2 * d.seq_len:
             raise LaminaError(
                 f"the training text ({len(train_ids)} characters) is too short for data.seq_len "
@@ -150,7 +159,7 @@ class LanguageModelTask(Task):
         return Prepared(
             train=streams,
             val=self.estimate_streams(val_ids),
-            test=None,
+            test=self.streams(test_ids) if test_ids is not None else None,
             final_val=self.streams(val_ids),
             meta=meta,
             model_args={"vocab_size": len(vocab)},
@@ -170,8 +179,14 @@ class LanguageModelTask(Task):
             return self.streams(ids)
         return text.TextStreams(ids, rows, EVAL_SEQ_LEN, window=ESTIMATE_CHARS // rows, device=self.device)
 
+    def corpus(self, data: str) -> text.Corpus:
+        """The run's own text (its validation file, its fractions), or another named corpus cut the same way."""
+        d = self.cfg.data
+        own = self.normalise_data(data) == d.name
+        return text.load_corpus(data, d.val if own else "", d.val_fraction, d.test_fraction)
+
     def has_split(self, data: str, split: str) -> bool:
-        return split in ("train", "val")
+        return split in ("train", "val") or (split == "test" and self.cfg.data.test_fraction > 0)
 
     # ----- the carried state is part of a resumable run -------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -208,15 +223,14 @@ class LanguageModelTask(Task):
         return nats(float(total) / max(float(count), 1))
 
     def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path) -> dict[str, Any]:
-        """Loss in nats per character, bits per character and perplexity on the run's own train or
-        validation text, or on the whole of another text."""
+        """Loss in nats per character, bits per character and perplexity on the run's own train,
+        validation or test text, or on the whole of another text."""
         vocab = CharVocab(meta["vocab"])
         if self.normalise_data(data) == self.cfg.data.name or data in self.datasets:
-            own = self.normalise_data(data) == self.cfg.data.name
-            corpus = text.load_corpus(data, self.cfg.data.val if own else "", self.cfg.data.val_fraction)
-            body = corpus.train if split == "train" else corpus.val
-            if split == "test":
-                raise LaminaError(f"{data} has no test split (a language model's text has train and val)")
+            corpus = self.corpus(data)
+            body = {"train": corpus.train, "val": corpus.val, "test": corpus.test}[split]
+            if split == "test" and len(body) < 2:
+                raise LaminaError(f"{data} has no test split (the run was trained with data.test_fraction=0)")
         else:
             body, _ = text.read_text(Path(data).expanduser())
             split = "all"
@@ -322,7 +336,7 @@ class LanguageModelTask(Task):
         """||dL_T / dh_(T-t)|| for t = 0..steps, averaged over `rows` windows of the validation text."""
         from lamina.viz.gradient_flow import gradient_flow
 
-        corpus = text.load_corpus(self.cfg.data.name, self.cfg.data.val, self.cfg.data.val_fraction)
+        corpus = self.corpus(self.cfg.data.name)
         ids = CharVocab(meta["vocab"]).encode(corpus.val, "the validation text")
         if len(ids) < steps + 2:
             raise LaminaError(f"the validation text ({len(ids)} characters) is shorter than {steps + 2} characters")
