@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -61,6 +62,37 @@ def isolated(tmp_path_factory, monkeypatch):
     signal.signal(signal.SIGINT, previous)
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under `root`: its path relative to `root` -> (mtime in ns, SHA-256 of its content)."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# What fixtures share between tests (fixture name -> (folder of the run and its data, snapshot when
+# made)): the tests only read it, or one test would see what another left there.
+SHARED_RUNS: dict[str, tuple[Path, dict]] = {}
+
+
+def share_read_only(name: str, folder: Path) -> None:
+    SHARED_RUNS[name] = (Path(folder), snapshot(Path(folder)))
+
+
+@pytest.fixture(autouse=True)
+def shared_runs_stay_unchanged(request):
+    """After each test that used a shared run: the run's files are the same, by name, mtime and content
+    (e.g. evaluation plots go to the test's own folder, not into the shared run)."""
+    yield
+    for name in request.fixturenames:
+        if name in SHARED_RUNS:
+            folder, before = SHARED_RUNS[name]
+            after = snapshot(folder)
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            assert not changed, f"{request.node.nodeid} changed {name} ({folder}): {', '.join(changed)}"
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_folder(tmp_path / "shapes")
@@ -68,7 +100,8 @@ def image_folder(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """One small trained classify run (data with train/ and test/ splits), shared by tests that only read it."""
+    """One small trained classify run (data with train/ and test/ splits), shared by tests that only read it
+    (checked after each of them by shared_runs_stay_unchanged)."""
     import lamina
 
     base = tmp_path_factory.mktemp("trained")
@@ -86,4 +119,5 @@ def trained_run(tmp_path_factory) -> Path:
         quiet=True,
         sets=["data.image_size=16", *CPU],
     )
+    share_read_only("trained_run", base)  # the run and its data
     return Path(summary["run"])

@@ -1,6 +1,7 @@
 """Image classification end to end on tiny generated folders: train, save, load, evaluate, predict, transfer."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -24,11 +25,11 @@ def test_run_directory_holds_everything_needed(trained_run):
     assert {"model", "optimizer", "state", "ranks"} <= set(saved) and {"rng", "meter"} <= set(saved["ranks"][0])
 
 
-def test_the_tiny_model_learned_and_reloads_identically(trained_run):
+def test_the_tiny_model_learned_and_reloads_identically(trained_run, tmp_path):
     info = json.loads((trained_run / "lamina.json").read_text())
     assert info["metrics"]["val"]["accuracy"] >= 0.8  # stripes vs columns vs checks: easy when learning works
     # The reloaded model scores the test split exactly as the trained model did in memory at the end of training.
-    reloaded = lamina.evaluate(trained_run, device="cpu")
+    reloaded = lamina.evaluate(trained_run, device="cpu", out_dir=tmp_path)  # plots here, not in the shared run
     assert reloaded["split"] == "test" and reloaded["n"] == info["metrics"]["test"]["n"] == 12
     assert reloaded["metrics"]["accuracy"] == info["metrics"]["test"]["accuracy"]
     assert reloaded["metrics"]["loss"] == pytest.approx(info["metrics"]["test"]["loss"], rel=1e-6)
@@ -52,14 +53,58 @@ def test_predict_images_of_any_size_and_mode(trained_run, tmp_path):
 
 
 def test_evaluate_reports_per_class_metrics_and_plots(trained_run, tmp_path):
-    data = make_folder(tmp_path / "more", per_class=5, seed=9)
-    result = lamina.evaluate(trained_run, data=str(data), device="cpu")  # a flat folder: used whole
+    import shutil
+
+    from PIL import Image
+
+    # Five images in each class folder, three of them of another class's pattern: the model tells the
+    # patterns apart, so those three are its errors, and precision and recall differ class by class.
+    source = make_folder(tmp_path / "patterns", per_class=7, seed=9)
+    layout = {"bars": ["bars"] * 5, "columns": ["columns"] * 3 + ["bars"] * 2, "dots": ["dots"] * 4 + ["columns"]}
+    data, taken = tmp_path / "more", {c: iter(sorted((source / c).iterdir())) for c in CLASSES}
+    for label, patterns in layout.items():
+        (data / label).mkdir(parents=True)
+        for pattern in patterns:
+            f = next(taken[pattern])
+            shutil.copy(f, data / label / f.name)
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    result = lamina.evaluate(trained_run, data=str(data), device="cpu", out_dir=plots)
     m = result["metrics"]
-    assert result["n"] == 15 and set(m["per_class"]) == set(CLASSES)
-    assert 0 <= m["accuracy"] <= 1 and m["loss"] > 0
-    assert sum(c["support"] for c in m["per_class"].values()) == 15
-    for plot in ("confusion.png", "errors.png"):
-        assert (trained_run / plot).stat().st_size > 1000
+    # No test/ in it, so it is evaluated as the default "val" split, whole.
+    assert result["split"] == "val" and result["n"] == 15 and list(m["per_class"]) == list(CLASSES)
+
+    # The same images through predict, scored here by hand: every class's probability for each image.
+    files = sorted(data.glob("*/*.png"))
+    truth = [CLASSES.index(f.parent.name) for f in files]
+    predicted = lamina.predict(trained_run, files, top_k=len(CLASSES), device="cpu")["results"]
+    probs = [{p["label"]: p["probability"] for p in r["predictions"]} for r in predicted]
+    guess = [CLASSES.index(max(p, key=p.get)) for p in probs]
+    assert guess == [CLASSES.index(f.name.partition("_")[0]) for f in files]  # the pattern drawn, every time
+    cm = torch.zeros(3, 3, dtype=torch.long)  # row: true class, column: predicted
+    for t, g in zip(truth, guess):
+        cm[t, g] += 1
+    assert cm.tolist() == [[5, 0, 0], [2, 3, 0], [0, 1, 4]]
+    assert m["accuracy"] == pytest.approx(sum(t == g for t, g in zip(truth, guess)) / 15) == 12 / 15
+    p_true = [p[CLASSES[t]] for p, t in zip(probs, truth)]
+    # predict rounds probabilities to 6 decimals: -log p is known to within 5e-7 / p for each image.
+    slack = sum(5e-7 / (q - 5e-7) for q in p_true) / 15
+    assert m["loss"] == pytest.approx(-sum(math.log(q) for q in p_true) / 15, abs=slack)
+    for i, c in enumerate(CLASSES):
+        tp, predicted_c = int(cm[i, i]), int(cm[:, i].sum())
+        precision = tp / predicted_c if predicted_c else 0.0
+        recall = tp / 5
+        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+        got = m["per_class"][c]
+        assert got["support"] == 5
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((precision, recall, f1))
+    assert m["macro_f1"] == pytest.approx(sum(m["per_class"][c]["f1"] for c in CLASSES) / 3)
+
+    assert result["plots"] == [str(plots / "confusion.png"), str(plots / "errors.png")]
+    for plot in result["plots"]:
+        with Image.open(plot) as image:
+            assert image.format == "PNG" and min(image.size) >= 100
+    assert not {"confusion.png", "errors.png"} & {p.name for p in trained_run.iterdir()}
 
 
 def test_transfer_to_new_labels_with_a_frozen_backbone(trained_run, tmp_path):
@@ -218,10 +263,11 @@ def test_relative_data_paths_are_saved_absolute(image_folder, tmp_path, monkeypa
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     result = lamina.evaluate(tmp_path / "r")
-    assert result["split"] == "val" and result["n"] > 0  # no test/ in this data: validation is the default
+    # No test/ in this data: validation is the default, the stratified hold-out of 1 image in 10 of each class.
+    assert result["split"] == "val" and result["n"] == 3
 
 
-def test_evaluate_decodes_only_the_split_it_measures(trained_run, monkeypatch):
+def test_evaluate_decodes_only_the_split_it_measures(trained_run, monkeypatch, tmp_path):
     from lamina.data import images
 
     decoded, original = [], images.image_folder
@@ -231,7 +277,7 @@ def test_evaluate_decodes_only_the_split_it_measures(trained_run, monkeypatch):
         return original(root, classes, channels, size, split_name)
 
     monkeypatch.setattr(images, "image_folder", counting)
-    lamina.evaluate(trained_run, split="test", device="cpu")
+    lamina.evaluate(trained_run, split="test", device="cpu", out_dir=tmp_path)
     assert decoded == ["test"]
 
 

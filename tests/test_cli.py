@@ -1,6 +1,7 @@
 """The command line: every documented failure is one line on stderr and a non-zero exit, never a traceback."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -25,12 +26,27 @@ def assert_one_line_error(err, *fragments):
 
 
 def test_models_lists_names_parameters_and_descriptions(capsys):
+    from lamina.models import list_models
+
     code, out, _ = run_cli(capsys, "models", "classify")
     assert code == 0
-    assert "vgg-s" in out and "61,706" in out and "LeNet-5" in out
+    lines = out.splitlines()
+    # One line per registered model, in name order: task, name, parameters (thousands separated), description.
+    specs = sorted(list_models("classify"), key=lambda spec: spec.name)
+    assert [line.split(None, 3)[:2] for line in lines] == [["classify", spec.name] for spec in specs]
+    assert [line.split(None, 3)[3] for line in lines] == [spec.description for spec in specs]
+    counts = {line.split()[1]: line.split()[2] for line in lines}
+    # Known by hand at the default 1x28x28 input and 10 classes: LeNet-5 (conv1 padded to keep 28x28)
+    # and the perceptron 784-512-256-10.
+    assert counts["lenet5"] == f"{6 * 25 + 6 + 16 * 6 * 25 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10:,}"
+    assert counts["lenet5"] == "61,706" and counts["mlp"] == f"{784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10:,}"
+    # The counts are right-aligned in one column: each ends at the same place in its line.
+    assert len({re.match(r"\S+ +\S+ +[\d,]+", line).end() for line in lines}) == 1
     code, out, _ = run_cli(capsys, "models", "classify", "--json")
     rows = json.loads(out)
-    assert {"name", "parameters", "description"} <= set(rows[0])
+    assert [(r["task"], r["name"], f"{r['parameters']:,}", r["description"]) for r in rows] == [
+        tuple(line.split(None, 3)) for line in lines
+    ]
 
 
 @pytest.mark.parametrize(
@@ -119,19 +135,33 @@ def test_predict_reports_bad_files_and_goes_on(capsys, tmp_path, trained_run):
         "cpu",
     )
     assert code == 1
-    assert "grey.png:" in out and out.count("%") == 2
+    # One line, for the one readable image: its two most likely classes, as the API predicts them.
+    import lamina
+
+    [result] = lamina.predict(trained_run, [tmp_path / "grey.png"], top_k=2, device="cpu")["results"]
+    shown = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in result["predictions"])
+    assert out == f"{tmp_path / 'grey.png'}: {shown}\n" and len(result["predictions"]) == 2
     assert err.count("lamina: error:") == 2 and "not a readable image" in err and "no such file" in err
     assert "Traceback" not in err
 
 
 def test_evaluate_json_is_one_object(capsys, tmp_path, trained_run):
+    import shutil
+
+    import lamina
     from conftest import make_folder
 
+    # `lamina evaluate` writes its plots into the run, and has no option to put them elsewhere: a copy.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
     data = make_folder(tmp_path / "eval", per_class=3)
-    code, out, _ = run_cli(capsys, "evaluate", trained_run, "--data", data, "--json", "--device", "cpu")
+    code, out, _ = run_cli(capsys, "evaluate", run, "--data", data, "--json", "--device", "cpu")
     assert code == 0
     result = json.loads(out)
-    assert result["task"] == "classify" and result["n"] == 9 and "accuracy" in result["metrics"]
+    assert result["task"] == "classify" and result["n"] == 9 and result["run"] == str(run)
+    assert result["plots"] == [str(run / "confusion.png"), str(run / "errors.png")]
+    expected = lamina.evaluate(trained_run, data=str(data), device="cpu", out_dir=tmp_path)
+    assert result["metrics"] == expected["metrics"] and set(result) == set(expected)
 
 
 def test_non_finite_loss_is_a_one_line_error(capsys, tmp_path, image_folder, monkeypatch):
@@ -209,7 +239,7 @@ def test_training_skips_corrupt_files_with_a_warning(capsys, tmp_path, image_fol
         "--set",
         "data.image_size=16",
     )
-    assert code == 0 and "run saved in" in out
+    assert code == 0 and out.splitlines()[-1].endswith(f"; run saved in {tmp_path / 'r'}")
     assert "lamina: warning: skipped 2 unreadable file(s)" in err and "Traceback" not in err
 
 
@@ -259,4 +289,5 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_continue(capsys, tmp_path
     assert f"continue with: lamina train --resume {out_dir}" in err
     monkeypatch.setattr(ClassifyTask, "step", original)
     code, out, _ = run_cli(capsys, "train", "--resume", out_dir, "--quiet")  # the task is read from the run
-    assert code == 0 and "run saved in" in out
+    assert code == 0 and out.splitlines()[-1].endswith(f"; run saved in {out_dir}")
+    assert json.loads((out_dir / "lamina.json").read_text())["status"] == "complete"

@@ -164,25 +164,49 @@ def test_keeps_the_best_weights_and_stops_early(tmp_path):
         assert torch.equal(best[k], v) and torch.equal(model.state_dict()[k], v)  # restored in memory too
 
 
-def test_time_budget_stops_training_cleanly(tmp_path):
-    import time
+class FakeClock:
+    """Stands in for the `time` module of the training loop: time moves only when a step "works", so
+    step counts under a time budget are exact whatever else runs on the machine."""
 
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    perf_counter = monotonic
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_time_budget_stops_training_cleanly(tmp_path, monkeypatch):
+    from lamina.engine import loop
+
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", clock)
     data = _tiny_problem()
+    started = clock.now
 
     def slow_step(model, batch):
-        time.sleep(0.05)
+        assert clock.now - started < 10, "training went on past its budget"  # fail, not hang
+        clock.sleep(3 / 32)  # a binary fraction: the simulated elapsed times add up exactly
         return classify_step(model, batch)
 
     cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 3})
-    started = time.monotonic()
     result = Trainer(
         _model(), slow_step, data, _val(data), cfg, tmp_path, Precision(None, torch.device("cpu")), started=started
     ).fit()
     assert result.status == "time-budget"
-    assert time.monotonic() - started < 3 + 1.0  # the budget holds, with slack for a loaded machine
-    assert 3 <= result.state.step <= 60
+    # Training stops once the budget less what it keeps for finishing (FINISHING_SECONDS and 1% of the
+    # budget; nothing for evaluation, as no validation size was given) is spent: 22 steps of 3/32 s.
+    kept = loop.FINISHING_SECONDS + 0.01 * 3
+    assert result.state.step == math.ceil((3 - kept) * 32 / 3) == 22
+    assert clock.now - started == 22 * 3 / 32 <= 3  # the budget holds
     assert (tmp_path / ckpt.WEIGHTS_FILE).is_file() and (tmp_path / ckpt.TRAINER_FILE).is_file()
-    assert result.history[-1]["step"] == result.state.step  # the final partial epoch was evaluated
+    assert ckpt.load_trainer(tmp_path / ckpt.TRAINER_FILE)["state"]["step"] == 22
+    # Evaluated after each epoch of 4 batches, and once more after the final partial epoch.
+    assert [r["step"] for r in result.history] == [4, 8, 12, 16, 20, 22]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -244,10 +268,25 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 def test_bf16_autocast_step_runs_on_cpu(tmp_path):
     data = _tiny_problem()
     cfg = make_cfg(**{"train.epochs": 1, "train.amp": "bf16"})
-    result = Trainer(
-        _model(), classify_step, data, None, cfg, tmp_path, Precision(torch.bfloat16, torch.device("cpu"))
-    ).fit()
-    assert result.precision == "bf16" and math.isfinite(result.history[-1]["train_loss"])
+    model = _model()
+    seen = []  # (layer, output dtype) of every Linear forward pass in training mode
+    for i, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
+        layer.register_forward_hook(lambda m, args, out, i=i: seen.append((i, out.dtype)) if m.training else None)
+    bf16 = Precision(torch.bfloat16, torch.device("cpu"))
+    result = Trainer(model, classify_step, data, None, cfg, tmp_path, bf16).fit()
+    assert result.precision == "bf16" and result.state.step == 4 and math.isfinite(result.history[-1]["train_loss"])
+    # Both Linear layers of all 4 steps computed in bf16 under autocast...
+    assert seen == [(i, torch.bfloat16) for _ in range(4) for i in (0, 1)]
+    # ...while the weights the optimizer updates, and those saved, stay fp32.
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {v.dtype for v in ckpt.load_weights(tmp_path / ckpt.WEIGHTS_FILE).values()} == {torch.float32}
+
+    # The same hooks see fp32 without autocast: the bf16 above came from the precision setting.
+    model, seen = _model(), []
+    model[0].register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    fp32 = Precision(None, torch.device("cpu"))
+    Trainer(model, classify_step, data, None, make_cfg(**{"train.epochs": 1}), tmp_path / "fp32", fp32).fit()
+    assert seen == [torch.float32] * 4
 
 
 def test_a_budget_spent_before_the_first_step_is_an_error(tmp_path):
@@ -289,15 +328,20 @@ def test_without_validation_the_latest_weights_are_kept_and_nothing_stops_early(
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_slow_final_evaluation_still_leaves_half_the_budget_to_training(tmp_path):
-    import time
+def test_a_slow_final_evaluation_still_leaves_half_the_budget_to_training(tmp_path, monkeypatch):
+    from lamina.engine import loop
 
-    def slow_step(model, batch):
-        time.sleep(0.02)
-        return classify_step(model, batch)
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", clock)
 
     cfg = make_cfg(**{"train.epochs": 0, "train.time_budget": 2})
-    started = time.monotonic()
+    started = clock.now
+
+    def slow_step(model, batch):
+        assert clock.now - started < 10, "training went on past its budget"  # fail, not hang
+        clock.sleep(1 / 64)
+        return classify_step(model, batch)
+
     # As if the caller had a test set that takes far longer than the budget to evaluate.
     result = Trainer(
         _model(),
@@ -311,5 +355,6 @@ def test_a_slow_final_evaluation_still_leaves_half_the_budget_to_training(tmp_pa
         reserve_passes=10**9,
     ).fit()
     assert result.status == "time-budget"
-    assert result.state.step >= 15  # about 1 s of 20 ms steps, not a single step
-    assert time.monotonic() - started < 2 + 0.5
+    # Half of the 2 s budget, 1 s, is 64 steps of 1/64 s: not a single step, and not one step more.
+    assert result.state.step == 64
+    assert clock.now - started == 1.0

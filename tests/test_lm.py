@@ -3,15 +3,17 @@
 import hashlib
 import io
 import json
-import os
+import math
+import re
 import signal
 import tarfile
+import time
 
 import pytest
 import torch
 
 import lamina
-from conftest import CPU, REAL_LAMINA_HOME
+from conftest import CPU, REAL_LAMINA_HOME, share_read_only
 from lamina.data import sources, text
 from lamina.data.vocab import CharVocab
 from lamina.engine import checkpoint as ckpt
@@ -48,6 +50,7 @@ def lm_run(tmp_path_factory):
         out=str(base / "run"),
         sets=TINY,
     )
+    share_read_only("lm_run", base)  # checked after each test that uses it
     return summary
 
 
@@ -210,7 +213,8 @@ def test_train_save_load_generate_round_trip(lm_run):
     assert {"loss", "bpc", "perplexity", "n"} <= set(lm_run["metrics"]["val"])
     info = json.loads((ckpt.Path(run_dir) / ckpt.RUN_FILE).read_text())
     assert info["meta"]["vocab"] == "".join(sorted(set(VERSE)))
-    assert info["meta"]["data"]["sha256"] and info["meta"]["data"]["characters"] == len(VERSE * 40)
+    assert info["meta"]["data"]["sha256"] == hashlib.sha256((VERSE * 40).encode("utf-8")).hexdigest()
+    assert info["meta"]["data"]["characters"] == len(VERSE * 40)
     run = lamina.load(run_dir, device="cpu")
     again = lamina.load(run_dir, device="cpu")
     x = torch.randint(len(info["meta"]["vocab"]), (2, 20))
@@ -223,7 +227,10 @@ def test_train_save_load_generate_round_trip(lm_run):
     greedy = run.generate("the cat s", 4, beam=3)["text"]
     assert greedy in ("at o", "aw t")  # "the cat sat on ..." or "the cat saw the ...": a continuation of the verse
     evaluated = run.evaluate()  # the test text: what training reported at its end, measured again
-    assert evaluated["split"] == "test" and evaluated["n"] == lm_run["metrics"]["test"]["n"] > 0
+    test_text = text.load_corpus(info["config"]["data"]["name"]).test  # the default fractions, as trained
+    # Every character of the test text but the first is predicted once.
+    assert evaluated["split"] == "test" and evaluated["n"] == lm_run["metrics"]["test"]["n"] == len(test_text) - 1
+    assert len(test_text) == info["meta"]["data"]["test"] > 16
     assert evaluated["metrics"]["loss"] == pytest.approx(lm_run["metrics"]["test"]["loss"], rel=1e-4)
     val = run.evaluate(split="val")
     assert val["metrics"]["loss"] == pytest.approx(lm_run["metrics"]["val"]["loss"], rel=1e-4)
@@ -259,7 +266,7 @@ def test_gradient_reaches_further_back_in_an_lstm_than_in_a_plain_rnn():
     for name in ("rnn", "lstm", "gru"):
         model = get_model("lm", name, vocab_size=20, embed=16, hidden=32)
         flows[name] = gradient_flow(model, tokens, steps=60)
-        assert len(flows[name]) == 61 and all(v >= 0 for v in flows[name])
+        assert len(flows[name]) == 61 and all(math.isfinite(v) and v > 0 for v in flows[name])  # norms, none lost
     assert flows["lstm"][50] > 100 * flows["rnn"][50]
     assert flows["rnn"][50] < 1e-3 * flows["rnn"][0]  # the vanishing gradient
 
@@ -298,16 +305,31 @@ def test_cli_generate_evaluate_predict_inspect(capsys, lm_run, tmp_path):
         "5",
     )
     assert again == out
+    started = time.perf_counter()
     code, out, _ = run_cli(capsys, "generate", run_dir, "--length", "10", "--json")
+    wall = time.perf_counter() - started
     result = json.loads(out)
-    assert code == 0 and result["characters"] == 10 and result["chars_per_s"] > 0 and result["first_char_s"] >= 0
+    assert code == 0 and result["characters"] == len(result["text"]) == 10
+    # The timings lie within the command's own time, and the rate is 10 characters over the time taken
+    # (to within the rounding of seconds to 4 decimals and of the rate to 1).
+    assert 0 <= result["first_char_s"] <= result["seconds"] <= wall
+    slack = result["chars_per_s"] * 5e-5 + 0.05 * result["seconds"]
+    assert result["chars_per_s"] * result["seconds"] == pytest.approx(10, abs=slack)
+    assert result["chars_per_s"] >= 10 / wall
     code, out, _ = run_cli(capsys, "evaluate", run_dir, "--json")
-    assert code == 0 and {"loss", "bpc", "perplexity"} <= set(json.loads(out)["metrics"])
+    m = json.loads(out)["metrics"]
+    assert code == 0 and m["loss"] == pytest.approx(lm_run["metrics"]["test"]["loss"], rel=1e-4)
+    assert m["bpc"] == pytest.approx(m["loss"] / math.log(2)) and m["perplexity"] == pytest.approx(math.exp(m["loss"]))
     code, out, _ = run_cli(capsys, "predict", run_dir, "the ca", "--top-k", "2", "--json")
     assert code == 0 and json.loads(out)["results"][0]["next"][0]["char"] == "t"
     plot = tmp_path / "flow.png"
     code, out, _ = run_cli(capsys, "inspect", "gradients", run_dir, "--steps", "30", "--rows", "2", "--out", plot)
-    assert code == 0 and plot.is_file() and "t=25" in out
+    assert code == 0 and plot.read_bytes().startswith(b"\x89PNG")
+    header, row, wrote = out.splitlines()
+    assert header.split() == ["run", "t=0", "t=1", "t=10", "t=25"] and wrote == f"wrote {plot}"
+    # The figures printed are the API's, at the steps the header names.
+    curves = lamina.inspect("gradients", [run_dir], steps=30, rows=2, out=str(tmp_path / "again.png"))["curves"]
+    assert row.split() == ["run", "(lstm)", *(f"{curves['run (lstm)'][t]:.2e}" for t in (0, 1, 10, 25))]
 
 
 def test_unknown_prompt_characters_warn_and_fall_back(capsys, lm_run):
@@ -353,8 +375,19 @@ def test_text_input_errors(capsys, tmp_path, trained_run, lm_run):
 
 def test_lm_models_are_listed(capsys):
     code, out, _ = run_cli(capsys, "models", "lm")
-    assert code == 0 and "lstm" in out and "gru" in out and "rnn" in out
-    assert os.linesep in out
+    assert code == 0
+    # At the default sizes (84 characters, embedding 64, one layer of 512): embedding, then per gate (1 for
+    # the RNN, 3 for the GRU, 4 for the LSTM) input and recurrent weights and two biases, then the head.
+    gates = {"gru": 3, "lstm": 4, "rnn": 1}
+    params = {name: 84 * 64 + g * (512 * 64 + 512 * 512 + 2 * 512) + 512 * 84 + 84 for name, g in gates.items()}
+    assert params == {"gru": 936_276, "lstm": 1_232_212, "rnn": 344_404}
+    descriptions = {spec.name: spec.description for spec in list_models("lm")}
+    # One line per model, in name order: task, name, parameter count with thousands separators, description.
+    assert [line.split(None, 3) for line in out.splitlines()] == [
+        ["lm", name, f"{params[name]:,}", descriptions[name]] for name in ("gru", "lstm", "rnn")
+    ]
+    # The counts are right-aligned in one column: each ends at the same place in its line.
+    assert len({re.match(r"\S+ +\S+ +[\d,]+", line).end() for line in out.splitlines()}) == 1
 
 
 def test_generate_checks_its_arguments_before_any_text(lm_run):

@@ -5,7 +5,7 @@ lamina runs, recorded versions, in-memory inputs, TensorBoard, progress lines.""
 from __future__ import annotations
 
 import json
-import math
+import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -164,6 +164,9 @@ def toy_task():
     from lamina.tasks import TASKS, list_tasks
 
     list_tasks()  # the built-in tasks first, as the CLI sees them
+    # ...and the built-in models: they register on first import, which happens once, so a copy taken
+    # before it would put back a registry without them (and later tests would find no models).
+    registry.list_models()
     tasks, models = dict(TASKS), dict(registry._REGISTRY)
     lamina.register_task(SumTask)
     lamina.register_model("toy-sum", "adder", "a linear unit (or a hidden layer of ReLU units) that adds")(Adder)
@@ -206,7 +209,9 @@ def test_a_new_task_is_one_module_and_the_real_cli_serves_it(toy_task, capsys, t
     assert code == 2 and "--digits must not be negative" in err
 
     code, text, _ = run_cli(capsys, "config", "toy-sum")
-    assert code == 0 and "data.samples" in text and "--samples" in text and "model.hidden" in text
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[1:]}
+    assert code == 0 and rows["data.samples"] == ["512", "int", "training", "pairs", "(flag", "--samples)"]
+    assert rows["model.hidden"] == ["0", "int", "option", "of", "the", "adder", "model"]  # the model's own option
     parser_help = _help(capsys, "train")
     assert "--samples" in parser_help and "toy-sum: training pairs" in parser_help
     assert "add" in _help(capsys) and "toy-sum" in _help(capsys, "train")
@@ -246,11 +251,38 @@ def test_duplicate_tasks_and_verbs_are_refused(toy_task):
 
 # ----- what every run records and lists -------------------------------------------------------------
 def test_lamina_runs_lists_runs_with_their_best_figure(trained_run, capsys):
-    code, out, _ = run_cli(capsys, "runs", trained_run.parent)
-    assert code == 0 and "classify" in out and "vgg-s" in out and "complete" in out and "test accuracy" in out
+    info = json.loads((trained_run / "lamina.json").read_text())
+    accuracy, seconds = info["metrics"]["test"]["accuracy"], info["training"]["seconds"]
     code, out, _ = run_cli(capsys, "runs", trained_run.parent, "--json")
-    [row] = json.loads(out)
-    assert row["task"] == "classify" and 0 <= row["value"] <= 1 and row["seconds"] > 0
+    [row] = json.loads(out)  # the data folder beside the run is not a run
+    assert row == {
+        "run": str(trained_run),
+        "task": "classify",
+        "model": "vgg-s",
+        "status": "complete",
+        "metric": "test accuracy",  # what picks a classify run's checkpoint, on the test split it has
+        "value": accuracy,
+        "seconds": seconds,
+        "created": info["created"],
+    }
+    assert accuracy * 12 == round(accuracy * 12)  # a fraction of the 12 test images
+    # 6 epochs of 48 tiny images: more than nothing, and far less than the 10 minutes a loaded machine
+    # might ever take.
+    assert 0.01 < seconds < 600
+    code, out, _ = run_cli(capsys, "runs", trained_run.parent)
+    header, line = out.splitlines()
+    assert header.split() == ["run", "task", "model", "status", "best", "seconds", "created"]
+    assert line.split() == [
+        str(trained_run)[:32],
+        "classify",
+        "vgg-s",
+        "complete",
+        "test",
+        "accuracy",
+        f"{accuracy:.4f}",
+        f"{seconds:,.0f}",
+        info["created"],
+    ]
     code, out, _ = run_cli(capsys, "runs", trained_run.parent / "nothing-here")
     assert code == 0 and "no runs" in out
 
@@ -270,7 +302,9 @@ def test_config_lists_every_setting_with_default_type_and_help(capsys):
     assert rows["model.dropout"]["help"].startswith("option of the vgg-s model")
     assert "decided by the data" in rows["model.num_classes"]["help"]
     code, out, _ = run_cli(capsys, "config", "classify", "--model", "mlp")
-    assert "model.hidden" in out and "[512, 256]" in out
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()[1:]}
+    assert lines["model.hidden"].split(None, 2) == ["[512,", "256]", "tuple      option of the mlp model"]
+    assert lines["model.name"].startswith("'mlp' ") and lines["model.name"].endswith("(flag --model)")
 
 
 # ----- the model holds its preprocessing; the API takes inputs in memory ---------------------------------
@@ -432,9 +466,16 @@ def test_streamed_generation_shows_the_prompt_then_the_text(tmp_path):
         sets=["model.hidden=16", "model.embed=8", "data.seq_len=16", *CPU],
     )
     pieces = []
+    started = time.perf_counter()
     result = lamina.generate(summary["run"], prompt="ab", length=12, seed=3, emit=pieces.append)
+    wall = time.perf_counter() - started
     assert pieces[0] == "ab" and "".join(pieces[1:]) == result["text"] and len(result["text"]) == 12
-    assert math.isfinite(result["chars_per_s"])
+    assert pieces[1:] == list(result["text"])  # streamed one character at a time
+    # The rate is 12 characters over the time generation took, which lies within the call's own time
+    # (to within the rounding of seconds to 4 decimals and of the rate to 1).
+    assert 0 <= result["first_char_s"] <= result["seconds"] <= wall and result["chars_per_s"] >= 12 / wall
+    slack = result["chars_per_s"] * 5e-5 + 0.05 * result["seconds"]
+    assert result["chars_per_s"] * result["seconds"] == pytest.approx(12, abs=slack)
 
 
 def test_classification_metrics_by_torchmetrics_on_a_known_case():

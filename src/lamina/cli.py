@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset name or path (default: the run's own)")
     e.add_argument("--split", choices=["train", "val", "test"], help="default: test if the data has one, else val")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    e.add_argument("--out", metavar="DIR", help="where plots and per-example files go (default: the run directory)")
     _union(e, {c.name: c.evaluate_args for c in tasks})
     e.add_argument("--json", action="store_true", help="print one JSON object: {task, run, data, split, n, metrics}")
     e.set_defaults(handler=cmd_evaluate)
@@ -228,7 +229,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     run = api.load(a.run, a.device)
     known = {arg.dest for c in _tasks() for arg in c.evaluate_args}
-    result = run.evaluate(data=a.data, split=a.split, **_options(a, known))
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+    result = run.evaluate(data=a.data, split=a.split, out_dir=a.out, **_options(a, known))
     return _finish(run.task, "evaluate", result, a.json)
 
 

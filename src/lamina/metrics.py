@@ -85,10 +85,25 @@ def cer(references: list[str], hypotheses: list[str]) -> float:
 
 
 def _error_rate(kind: str, references: list[str], hypotheses: list[str]) -> float:
+    """Edit operations over reference units (words or characters, as jiwer splits them) for the whole
+    corpus. A pair whose reference is empty adds its hypothesis's units as insertions, and nothing to
+    the reference count: text output for silence is an error. With no reference units at all, the
+    rate is the number of errors (0 when every hypothesis is empty too), as jiwer 4 has it."""
     import jiwer
+    from jiwer import transformations
 
-    pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]  # jiwer refuses empty references
-    if not pairs:
-        return 0.0
-    refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
-    return float(jiwer.wer(refs, hyps) if kind == "wer" else jiwer.cer(refs, hyps))
+    process, units = (
+        (jiwer.process_words, transformations.wer_default)
+        if kind == "wer"
+        else (jiwer.process_characters, transformations.cer_default)
+    )
+    pairs = list(zip(references, hypotheses))
+    empty = [not units([r])[0] for r, _ in pairs]
+    scored = [pair for pair, e in zip(pairs, empty) if not e]  # jiwer before 4 refuses empty references
+    errors = reference_units = 0
+    if scored:
+        out = process([r for r, _ in scored], [h for _, h in scored])
+        errors = out.substitutions + out.deletions + out.insertions
+        reference_units = out.hits + out.substitutions + out.deletions
+    errors += sum(len(units([h])[0]) for (_, h), e in zip(pairs, empty) if e)
+    return float(errors / max(reference_units, 1))
