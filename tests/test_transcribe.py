@@ -4,11 +4,14 @@ import json
 import math
 import shutil
 import wave
+from collections import Counter
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import lamina
 from conftest import CPU
@@ -20,7 +23,7 @@ from lamina.models import get_model, list_models
 from lamina.models.ctc import BLANK
 from lamina.models.ctc import beam as ctc_beam
 from lamina.models.ctc import greedy as ctc_greedy
-from lamina.models.speech import Listener
+from lamina.models.speech import LAS, CTCRecognizer, Listener
 from test_cli import assert_one_line_error, run_cli
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -203,6 +206,7 @@ def test_every_recognizer_trains_and_decodes(name):
         assert len(hyps) == 3 and all(isinstance(h.tokens, list) for h in hyps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, options", [("las", {}), ("ctc", {"layers": 2})])
 def test_recognizers_overfit_one_batch(name, options):
     """Each character lights its own band for 16 frames: both recognizers learn to spell four
@@ -255,7 +259,66 @@ def test_ctc_beam_search_sums_the_alignments_of_one_text():
     assert math.isclose(math.exp(best.score), 0.4025, rel_tol=1e-4)
 
 
+# ----- who says what: the corpus plan, decided before (and without) any synthesis -----------------------
+NUMBERED = [f"say the number {i}" for i in range(300)]  # 300 sentences of 4 to 7 words once normalised
+
+
+def test_sentence_pool_puts_each_sentence_in_the_split_its_hash_gives():
+    given = [
+        *NUMBERED,
+        "Say the number 7!",  # the same sentence once normalised: kept once
+        "go now",  # 2 words: too short
+        " ".join(["word"] * 16),  # too long
+        "Juárez is far away",  # a letter transcripts cannot spell: skipped, not mangled
+    ]
+    pool = speech.sentence_pool(given)
+    assert set(pool) == set(speech.SPLITS)
+    kept = [text for split in speech.SPLITS for text, _ in pool[split]]
+    assert sorted(kept) == sorted(audio.normalise_text(t) for t in NUMBERED)  # each exactly once, nothing else
+    for split, sentences in pool.items():
+        assert all(speech.sentence_split(text) == split and source == "given" for text, source in sentences)
+        assert [t for t, _ in sentences] == sorted(t for t, _ in sentences)
+    assert pool["test"] and pool["val"] and len(pool["train"]) > 0.8 * len(kept)  # about 92/3/5
+
+
+def test_a_short_sentence_list_lends_its_empty_splits_a_training_sentence():
+    pool = speech.sentence_pool(SENTENCES)
+    texts = [t for split in speech.SPLITS for t, _ in pool[split]]
+    assert all(pool[split] for split in speech.SPLITS) and len(texts) == len(set(texts)) == len(SENTENCES)
+    with pytest.raises(LaminaError, match="no test sentences to synthesize"):
+        speech.plan({"train": pool["train"], "val": pool["val"], "test": []}, speech.default_sizes(10), seed=0)
+
+
+@pytest.mark.parametrize("sentences", [NUMBERED, SENTENCES])  # plenty of sentences, and fewer than utterances
+def test_corpus_plan_holds_out_voices_and_sentences(sentences):
+    pool = speech.sentence_pool(sentences)
+    sizes = speech.default_sizes(400)
+    assert sizes == {"train": 400, "val": 20, "test": 40} and speech.default_sizes(1600)["test"] == 100
+    utterances = speech.plan(pool, sizes, seed=3)
+    by_split = {split: [u for u in utterances if u.split == split] for split in speech.SPLITS}
+    assert {split: len(us) for split, us in by_split.items()} == sizes
+    assert all([u.index for u in us] == list(range(len(us))) for us in by_split.values())
+    assert len({u.path for u in utterances}) == len(utterances)
+    for split, us in by_split.items():  # every sentence comes from its own split's share
+        assert {u.text for u in us} <= {t for t, _ in pool[split]}
+    texts = {split: {u.text for u in us} for split, us in by_split.items()}
+    assert not texts["train"] & texts["test"] and not texts["train"] & texts["val"] and not texts["val"] & texts["test"]
+    for u in by_split["train"] + by_split["val"]:  # training and validation hear only the training voices
+        assert u.accent in speech.ACCENTS and u.accent not in speech.TEST_ACCENTS
+        assert u.variant in speech.VARIANTS and u.variant not in speech.TEST_VARIANTS and u.group == "seen"
+    train_voices = {(u.accent, u.variant) for u in by_split["train"]}
+    for u in by_split["test"]:  # every test voice is new in its accent, its variant or both
+        assert u.accent in speech.TEST_ACCENTS or u.variant in speech.TEST_VARIANTS
+        assert (u.accent, u.variant) not in train_voices and u.accent in speech.ACCENTS
+    assert {u.group for u in by_split["test"]} == {"accent", "variant", "both"}
+    for split in ("val", "test"):  # noise levels in turn, for error rates per level
+        assert [u.snr for u in by_split[split]] == [speech.EVAL_SNRS[i % 4] for i in range(sizes[split])]
+    assert {u.snr for u in by_split["train"]} <= set(speech.TRAIN_SNRS)
+    assert speech.plan(pool, sizes, seed=3) == utterances and speech.plan(pool, sizes, seed=4) != utterances
+
+
 # ----- synthesized corpus and end to end ----------------------------------------------------------------
+@pytest.mark.slow
 @needs_espeak
 def test_synthesized_corpus_holds_out_voices_and_sentences(tmp_path):
     root = speech.build(
@@ -327,6 +390,27 @@ def speech_run(tmp_path_factory):
     return summary, root
 
 
+@pytest.fixture(scope="module")
+def ctc_run(speech_run, tmp_path_factory):
+    """A CTC run on speech_run's corpus (which trains las): one epoch, enough for its beam search to
+    find transcripts that greedy search misses."""
+    _, root = speech_run
+    out = tmp_path_factory.mktemp("ctc") / "run"
+    return lamina.train(
+        "transcribe", data=str(root), model="ctc", epochs=1, batch_size=8, out=str(out), quiet=True, sets=TINY
+    )
+
+
+def written_transcripts(result) -> dict[str, tuple[str, str]]:
+    """audio path -> (reference, transcript), as evaluate wrote them."""
+    [path] = result["files"]
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "audio\treference\ttranscript"
+    rows = dict((fields[0], (fields[1], fields[2])) for fields in (line.split("\t") for line in lines[1:]))
+    assert len(rows) == len(lines) - 1 == result["n"]
+    return rows
+
+
 def test_train_save_load_transcribe_end_to_end(speech_run, tmp_path):
     summary, root = speech_run
     assert (
@@ -338,13 +422,16 @@ def test_train_save_load_transcribe_end_to_end(speech_run, tmp_path):
     again = lamina.load(summary["run"]).transcribe(files)["results"]
     assert [r["transcript"] for r in first] == [r["transcript"] for r in again]  # reloaded: same outputs
     assert all(set(r["transcript"]) <= set(audio.CHARS) and r["real_time_factor"] > 0 for r in first)
-    result = run.evaluate(data=str(root / "test.tsv"))
-    assert (
-        result["split"] == "all"
-        and 0 <= result["metrics"]["cer"]
-        and result["n"] == len(speech.read_manifest(root / "test.tsv"))
-    )
-    assert Path(result["files"][0]).is_file()
+    manifest = speech.read_manifest(root / "test.tsv")
+    result = run.evaluate(data=str(root / "test.tsv"), out_dir=tmp_path)  # not into the shared run
+    assert result["split"] == "all" and result["n"] == len(manifest)
+    assert Path(result["files"][0]).parent == tmp_path
+    rows = written_transcripts(result)
+    assert sorted(rows) == sorted(str(ex.path) for ex in manifest)  # every file of the manifest, once
+    assert all(rows[str(ex.path)][0] == ex.text for ex in manifest)  # next to its own reference
+    refs, outs = zip(*rows.values())
+    assert result["metrics"]["cer"] == pytest.approx(jiwer.cer(list(refs), list(outs)), abs=1e-9)
+    assert result["metrics"]["wer"] == pytest.approx(jiwer.wer(list(refs), list(outs)), abs=1e-9)
     assert run.info["meta"]["features"] == audio.FEATURES  # the features it learned from, recorded
 
 
@@ -406,16 +493,72 @@ def test_transcribe_cli_goes_past_bad_files(speech_run, tmp_path, capsys):
     assert code == 0 and out.startswith(f"{good}\t")
     code, out, err = run_cli(capsys, "transcribe", summary["run"], str(good), "--beam", "0")
     assert code == 2
-    assert_one_line_error(err)
+    assert_one_line_error(err, "--beam must be at least 1 (1: greedy search)")
 
 
-def test_evaluate_reports_per_noise_level_and_voice_group(speech_run):
+def test_evaluate_reports_per_noise_level_and_voice_group(speech_run, tmp_path):
     summary, root = speech_run
-    result = lamina.load(summary["run"]).evaluate()  # the corpus folder's test split, with who spoke what
+    # The corpus folder's test split, with who spoke what; its transcripts written outside the shared run.
+    result = lamina.load(summary["run"]).evaluate(out_dir=tmp_path)
     m = result["metrics"]
-    assert set(m["by_noise"]) == {"clean", "20 dB", "10 dB", "5 dB"}
-    assert set(m["by_voice"]) <= {"accent", "variant", "both"}
-    assert sum(g["n"] for g in m["by_voice"].values()) == result["n"]
+    spoken = [json.loads(line) for line in (root / "utterances.jsonl").read_text().splitlines()]
+    test = {str(root / r["path"]): r for r in spoken if r["split"] == "test"}
+    assert result["split"] == "test" and result["n"] == len(test)
+    voices = Counter(r["group"] for r in test.values())
+    assert set(voices) == {"accent", "variant", "both"}  # this corpus has every kind of unseen voice
+    assert {name: g["n"] for name, g in m["by_voice"].items()} == voices
+    noise = Counter("clean" if r["snr"] is None else f"{r['snr']:g} dB" for r in test.values())
+    assert set(noise) == {"clean", "20 dB", "10 dB", "5 dB"}
+    assert {name: g["n"] for name, g in m["by_noise"].items()} == noise
+    rows = written_transcripts(result)
+    assert sorted(rows) == sorted(test)
+    for name in voices:  # each group's error rate is that of its own utterances
+        refs, outs = zip(*(rows[path] for path, r in test.items() if r["group"] == name))
+        assert m["by_voice"][name]["cer"] == pytest.approx(jiwer.cer(list(refs), list(outs)), abs=1e-9)
+        assert m["by_voice"][name]["wer"] == pytest.approx(jiwer.wer(list(refs), list(outs)), abs=1e-9)
+
+
+@torch.no_grad()
+def score_under(model, file: Path, transcript: str) -> float:
+    """What each search maximises, measured on the model itself: log P(text | audio) summed over every
+    CTC alignment (ctc); the teacher-forced log-probability of the characters and EOS over their
+    number, as recognize() scores hypotheses (las, joint)."""
+    feats = audio.log_mel(audio.read_audio(file))[None]
+    lengths = torch.tensor([feats.shape[1]])
+    ids = audio.encode_text(transcript)
+    assert audio.decode_ids(ids) == transcript  # the transcript is exactly the characters the search chose
+    if isinstance(model, LAS):
+        logits, _ = model(feats, lengths, torch.tensor([[BOS, *ids]]))
+        logp = logits.float().log_softmax(-1).gather(-1, torch.tensor([[*ids, EOS]])[..., None]).sum()
+        return float(logp) / (len(ids) + 1)
+    logits, _ = model(feats, lengths)
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, 1, V)
+    targets = torch.tensor(ids, dtype=torch.long)
+    nll = F.ctc_loss(
+        log_probs, targets, model.frames_out(lengths), torch.tensor([len(ids)]), blank=BLANK, reduction="sum"
+    )
+    return -float(nll)
+
+
+@pytest.mark.parametrize("name, width, n_files", [("las", 3, 3), ("ctc", 4, 6)])
+def test_beam_search_transcripts_score_at_least_as_high_as_greedy_ones(name, width, n_files, request, capsys):
+    """`lamina transcribe --beam N` against greedy search, both scored by the model: never worse, and
+    better somewhere (a search that ignored --beam would tie everywhere)."""
+    summary, root = request.getfixturevalue("speech_run")
+    run_dir = summary["run"] if name == "las" else request.getfixturevalue("ctc_run")["run"]
+    files = sorted((root / "audio" / "test").glob("*.flac"))[:n_files]
+    transcripts = {}
+    for beam in (1, width):
+        code, out, err = run_cli(capsys, "transcribe", run_dir, *files, "--beam", beam, "--json")
+        result = json.loads(out)
+        assert code == 0 and result["beam"] == beam and "chunks" not in err  # each file decoded whole
+        transcripts[beam] = [r["transcript"] for r in result["results"]]
+    model = lamina.load(run_dir).model
+    assert isinstance(model, LAS if name == "las" else CTCRecognizer)
+    greedy = [score_under(model, f, t) for f, t in zip(files, transcripts[1])]
+    beam = [score_under(model, f, t) for f, t in zip(files, transcripts[width])]
+    assert all(b >= g - 1e-4 for b, g in zip(beam, greedy)), (greedy, beam, transcripts)
+    assert any(b > g + 1e-3 for b, g in zip(beam, greedy)), (greedy, beam, transcripts)
 
 
 def test_bad_manifest_lines_are_reported(tmp_path, capsys):

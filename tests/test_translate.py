@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import shutil
 import signal
 import struct
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 import lamina
 from conftest import CPU
 from lamina.data import parallel
+from lamina.data.batching import pad
 from lamina.data.vocab import BOS, EOS, PAD, Tokenizer
 from lamina.engine import checkpoint as ckpt
 from lamina.errors import LaminaError, UsageError
@@ -360,6 +362,57 @@ def test_beam_scores_are_the_models_own_log_probabilities(alpha):
     assert checked >= 1
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_reverse_source_feeds_the_encoder_the_source_backwards(cell):
+    """The same weights reading [a b c EOS] with reverse_source, and [EOS c b a] without, compute the
+    same thing: the real tokens are reversed, the padding stays at the end."""
+    backwards = tiny_model("seq2seq", cell=cell, reverse_source=True)
+    forwards = tiny_model("seq2seq", cell=cell)
+    forwards.load_state_dict(backwards.state_dict())
+    src = torch.tensor([[7, 8, 9, 3, 0, 0], [11, 12, 13, 14, 15, 3]])
+    flipped = torch.tensor([[3, 9, 8, 7, 0, 0], [3, 15, 14, 13, 12, 11]])
+    memory, state = backwards.encode(src)
+    expected_memory, expected_state = forwards.encode(flipped)
+    assert torch.equal(memory.outputs, expected_memory.outputs) and torch.equal(memory.mask, src != PAD)
+
+    def hidden(s):  # an LSTM's state is (h, c)
+        return s if cell == "gru" else torch.cat(s)
+
+    assert torch.equal(hidden(state), hidden(expected_state))
+    assert not torch.allclose(hidden(forwards.encode(src)[1]), hidden(state), atol=1e-3)  # the order matters
+    tgt = torch.tensor([[2, 20, 21], [2, 22, 23]])
+    assert torch.equal(backwards(src, tgt)[0], forwards(flipped, tgt)[0])
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"reverse_source": True, "cell": "gru"}])
+def test_seq2seq_learns_to_translate_its_training_pairs(kwargs):
+    """Without attention the whole source passes through one state: trained on 16 word-for-word pairs,
+    greedy search gives back each reference exactly (untrained, it gives none of them)."""
+    rng = random.Random(0)
+    sources = [[rng.randrange(4, 14) for _ in range(rng.randint(2, 5))] for _ in range(16)]
+    targets = [[w + 20 for w in s] for s in sources]
+    src = pad([[*s, EOS] for s in sources])
+    tgt_in, tgt_out = pad([[BOS, *t] for t in targets]), pad([[*t, EOS] for t in targets])
+    torch.manual_seed(0)
+    model = get_model("translate", "seq2seq", vocab_size=40, embed=16, hidden=32, dropout=0.0, **kwargs)
+
+    @torch.no_grad()
+    def translations():
+        model.eval()
+        memory, state = model.encode(src)
+        return [h.tokens for h in decoding.greedy(model, memory, state, 12)]
+
+    assert not set(map(tuple, translations())) & set(map(tuple, targets))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(150):  # exact after about 75 steps
+        optimizer.zero_grad()
+        _, loss = model(src, tgt_in, tgt_out)
+        loss.backward()
+        optimizer.step()
+    assert translations() == targets, loss.item()
+
+
 class ScriptedDecoder:
     """A 'model' whose next-token probabilities depend only on the output so far (a table), for search
     tests whose right answer is known. The state carries each row's output prefix, as an index."""
@@ -443,13 +496,16 @@ def test_tiny_corpus_end_to_end(nmt_run, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "translate", run_dir, "the cat", "small dog", "--beam", "1", "--json")
     got = json.loads(out)
     assert code == 0 and [t["translation"] for t in got["results"]] == ["le chat", "petit chien"]
-    code, out, err = run_cli(capsys, "evaluate", run_dir, "--json", "--beam", "3")
+    # `lamina evaluate` writes its translations into the run it measures: a copy, not the shared run.
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    code, out, err = run_cli(capsys, "evaluate", copy, "--json", "--beam", "3")
     evaluated = json.loads(out)
     assert evaluated["split"] == "test" and evaluated["decoding"]["beam"] == 3 and evaluated["metrics"]["bleu"] > 90
     assert set(evaluated["metrics"]["by_length"]) == {"1-5", "6-10", "11-15", "16+"}
-    assert (run_dir / "translations-test.tsv").read_text().count("\n") == evaluated["n"] + 1
+    assert (copy / "translations-test.tsv").read_text().count("\n") == evaluated["n"] + 1
     other = write_tsv(tmp_path / "other.tsv", toy_pairs(30, seed=9))
-    code, out, _ = run_cli(capsys, "evaluate", run_dir, "--data", other, "--json", "--beam", "1")
+    code, out, _ = run_cli(capsys, "evaluate", copy, "--data", other, "--json", "--beam", "1")
     assert json.loads(out)["split"] == "all" and json.loads(out)["n"] == 30
 
 
@@ -492,7 +548,9 @@ def test_seq2seq_trains_and_has_no_attention_to_draw(toy_tsv, capsys, tmp_path):
         "--model",
         "seq2seq",
         "--epochs",
-        "1",
+        "3",
+        "--lr",
+        "1e-2",
         "--out",
         out,
         "--quiet",
@@ -501,6 +559,12 @@ def test_seq2seq_trains_and_has_no_attention_to_draw(toy_tsv, capsys, tmp_path):
         "model.reverse_source=true",
     )
     assert code == 0
+    info = json.loads((out / "lamina.json").read_text())
+    assert info["model"]["name"] == "seq2seq" and info["model"]["args"]["reverse_source"] is True
+    # An untrained network spreads its probability evenly: a loss of log(vocabulary). This one learnt.
+    losses = [json.loads(line)["val_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and losses == sorted(losses, reverse=True)
+    assert info["metrics"]["test"]["loss"] < math.log(info["model"]["args"]["vocab_size"]) - 2
     code, _, err = run_cli(capsys, "translate", out, "the cat", "--show-attention", tmp_path / "a.png")
     assert code == 1
     assert_one_line_error(err, "seq2seq model has no attention to draw")
