@@ -60,6 +60,21 @@ def run_lamina(args: list[str], log: Path | None = None, processes: int = 1) -> 
     return summary
 
 
+def run_peer(module: str, budget: float, *args: str) -> dict:
+    """Run a peer (`python -m benchmarks.peers.<module> --budget SECONDS ...`) as its own process; return the
+    JSON object it prints last, with wall seconds of the whole command measured from outside, as for lamina."""
+    command = [sys.executable, "-m", f"benchmarks.peers.{module}", "--budget", f"{budget:g}", *args]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"peer {module} failed with exit code {done.returncode}: {last}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("curve")}), flush=True)
+    return result
+
+
 def command_line(args: list[str]) -> str:
     return "lamina " + " ".join(shlex.quote(a) for a in args)
 

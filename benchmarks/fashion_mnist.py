@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import append_section, command_line, median, run_lamina, table
+from benchmarks.common import append_section, command_line, median, run_lamina, run_peer, table
+from lamina.engine import checkpoint as ckpt
 
 # name -> (arguments, target test accuracy, wall-clock limit in seconds)
 RECIPES = {
@@ -45,19 +43,9 @@ RECIPES = {
 PEER_COMMAND = "python -m benchmarks.peers.pytorch_mnist --budget SECONDS --seed SEED"
 
 
-def run_peer(budget: float, seed: int) -> dict:
-    command = [sys.executable, "-m", "benchmarks.peers.pytorch_mnist", "--budget", f"{budget:g}", "--seed", str(seed)]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["wall_s"] = round(time.perf_counter() - start, 1)  # as lamina's: the whole command, from outside
-    return result
-
-
 def lamina_curve(run: Path) -> list[list[float]]:
     """[seconds since the command started, validation accuracy] at every evaluation of a run."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [[r["time"], r["val_accuracy"]] for r in records if "val_accuracy" in r]
+    return [[r["time"], r["val_accuracy"]] for r in ckpt.read_jsonl(run / ckpt.METRICS_FILE) if "val_accuracy" in r]
 
 
 def first_time(curve: list[list[float]], accuracy: float) -> float | None:
@@ -80,8 +68,7 @@ def main() -> None:
             runs, peers, curves = [], [], []
             for seed in range(a.repeats):
                 if not a.no_peer:  # the peer first, then lamina: alternating, with the same seeds
-                    peers.append(run_peer(budget, seed))
-                    print(json.dumps({"peer": name, "seed": seed, **peers[-1]}), flush=True)
+                    peers.append(run_peer("pytorch_mnist", budget, "--seed", str(seed)))
                 out = Path(tmp) / f"{name}-{seed}"
                 full = ["train", "classify", "--data", "fashion-mnist", *args, "--seed", str(seed)]
                 s = run_lamina([*full, "--out", str(out), "--json", "--quiet"])

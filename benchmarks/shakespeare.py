@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import append_section, command_line, run_lamina, table
+from benchmarks.common import append_section, command_line, run_lamina, run_peer, table
 
 # name -> (arguments, target validation loss, wall-clock limit in seconds); 129s is the default LSTM recipe,
 # best any registered model (earlier best attempts with 2-layer LSTMs are kept in RESULTS.md)
@@ -43,17 +43,9 @@ PEER_NOTE = (
 )
 
 
-def run_peer(budget: float, seed: int = 0) -> dict:
-    import time
-
+def nanogpt(budget: float, seed: int = 0) -> dict:
     # seed 0 is nanoGPT's own 1337; the repeats differ in their initial weights and batches
-    command = [sys.executable, "-m", "benchmarks.peers.nanogpt", "--budget", f"{budget:g}", "--seed", str(1337 + seed)]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["wall_s"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(result), flush=True)
-    return result
+    return run_peer("nanogpt", budget, "--seed", str(1337 + seed))
 
 
 LSTM_HIDDEN = 512  # the default; the other cells get the hidden size that matches its parameter count
@@ -147,7 +139,7 @@ def main() -> None:
             runs, peers = [], []
             for seed in range(a.repeats):
                 if not a.no_peer:
-                    peers.append(run_peer(budget, seed))
+                    peers.append(nanogpt(budget, seed))
                 runs.append(run_recipe(name, args, tmp, seed))
             losses = [r["metrics"]["test"]["loss"] for r in runs]
             middle = sorted(runs, key=lambda r: r["metrics"]["test"]["loss"])[len(runs) // 2]  # the median run
@@ -285,7 +277,7 @@ def cells(a, tmp: str) -> None:
             }
         )
     if not a.no_peer:  # the Transformer beside them, at the same wall time
-        q = peer_row([run_peer(a.cells_budget)], a.cells_budget)
+        q = peer_row([nanogpt(a.cells_budget)], a.cells_budget)
         rows.append(
             {
                 "model": "nanoGPT Transformer (peer)",

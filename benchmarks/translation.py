@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import append_section, command_line, run_lamina, table
+from benchmarks.common import append_section, command_line, run_lamina, run_peer, table
 
 DATA = ["--data", "gettext:fr"]
 RECIPES = {  # name -> (train arguments, target test BLEU or None, wall-clock limit in seconds)
@@ -143,22 +143,9 @@ PEER_NOTE = (
 )
 
 
-def run_peer(budget: float) -> dict:
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "benchmarks.peers.translation_tutorial", "--budget", f"{budget:g}"]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["wall_s"] = round(time.perf_counter() - start, 1)
-    print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
-    return result
-
-
 def against_peer(a, tmp: str) -> None:
     """lamina's attention model and the tutorial's recipe, the same wall time each: single runs."""
-    peer = run_peer(a.budget)
+    peer = run_peer("translation_tutorial", a.budget)
     args = ["--model", "attention", "--time-budget", f"{a.budget:g}"]
     s, e = train("attention", args, tmp)
     m = e["metrics"]

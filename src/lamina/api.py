@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from lamina.engine import log
 from lamina.engine.device import Precision, resolve_amp, resolve_device
 from lamina.engine.distributed import Distributed
 from lamina.engine.loop import NonFiniteLoss, Trainer
-from lamina.errors import LaminaError, Reported, UsageError
+from lamina.errors import LaminaError, Reported, UsageError, warn
 from lamina.models.registry import check_options, count_parameters, get_model
 from lamina.tasks import Task, get_task, list_tasks
 
@@ -408,7 +407,7 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> 
     summary["seconds"] = round(trainer.elapsed(), 2)
     warnings = task_obj.warnings(result.history, metrics, prepared.meta)
     for warning in warnings if dist.main else ():
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        warn(warning)
     if warnings:
         summary["warnings"] = info["warnings"] = warnings
     info.update(
