@@ -186,3 +186,25 @@ def test_nll_is_the_mean_negative_log_probability_of_the_true_class():
     assert metrics.nll(probs[:2], torch.tensor([0, 1])) == pytest.approx(-(math.log(0.5) + math.log(0.75)) / 2)
     # A true class given probability 0 costs -log(1e-12), not infinity.
     assert metrics.nll(probs[2:], torch.tensor([1])) == pytest.approx(-math.log(1e-12), rel=1e-6)
+
+
+def test_detection_map_known_answers():
+    mask = torch.zeros(1, 40, 40, dtype=torch.bool)
+    mask[0, 10:20, 10:30] = True
+    truth = [{"boxes": torch.tensor([[10.0, 10, 30, 20]]), "labels": torch.tensor([1]), "masks": mask}]
+
+    def pred(box, label, m=mask):
+        return [
+            {"boxes": torch.tensor([box]), "scores": torch.tensor([0.9]), "labels": torch.tensor([label]), "masks": m}
+        ]
+
+    classes = ["__background__", "Bag", "Coat"]
+    exact = metrics.detection_map(pred([10.0, 10, 30, 20], 1), truth, classes)
+    assert exact["box_map"] == exact["mask_map"] == exact["box_map_50"] == 1.0
+    assert exact["per_class"] == {"Bag": {"box_ap": 1.0, "box_ar_100": 1.0, "mask_ap": 1.0}}
+    assert metrics.detection_map(pred([10.0, 10, 30, 20], 2), truth, classes)["box_map"] == 0.0  # wrong class
+    # IoU 2/3: a hit at thresholds 0.5 to 0.65, a miss from 0.7 up: 4 of the ten thresholds 0.5:0.05:0.95
+    shifted = metrics.detection_map(pred([14.0, 10, 34, 20], 1), truth, classes, masks=False)
+    assert shifted["box_map_50"] == 1.0 and shifted["box_map_75"] == 0.0
+    assert shifted["box_map"] == pytest.approx(0.4, abs=1e-6)
+    assert "mask_map" not in shifted

@@ -235,9 +235,17 @@ def _resolve_config(
             raise UsageError(f"task {task_cls.name!r} does not support --init (transfer from another run)")
         # Transfer: the initialising run's model (its name and the options it was given) is the default,
         # under everything the user set; what the data decides (classes, channels) is decided anew.
-        init = config_mod.from_dict(ckpt.read_run(cfg.train.init, task=task_cls.name).get("config", {}))
-        inherited = {"model.name": init.model.name, **{f"model.{k}": v for k, v in init.model.args.items()}}
-        cfg = config_mod.resolve({**task_cls.defaults, **inherited}, **layers)
+        # A run of another task (a classifier's backbone for a detector) lends its weights, not its model.
+        init_info = ckpt.read_run(cfg.train.init, need_weights=False)
+        allowed = (task_cls.name, *task_cls.transfer_from)
+        if init_info["task"] not in allowed:
+            takes = " or ".join(repr(t) for t in allowed)
+            raise LaminaError(f"{cfg.train.init} is a {init_info['task']!r} run, not a {takes} run")
+        ckpt.read_run(cfg.train.init)  # with its weights
+        if init_info["task"] == task_cls.name:
+            init = config_mod.from_dict(init_info.get("config", {}))
+            inherited = {"model.name": init.model.name, **{f"model.{k}": v for k, v in init.model.args.items()}}
+            cfg = config_mod.resolve({**task_cls.defaults, **inherited}, **layers)
     check_options(task_cls.name, cfg.model.name, cfg.model.args)  # unknown models and options: before any data is read
     cfg = _normalise(task_cls, cfg)
     return (cfg, *_new_run_dir(out, cfg)) if main else (cfg, Path(out or "."), False)

@@ -107,3 +107,45 @@ def _error_rate(kind: str, references: list[str], hypotheses: list[str]) -> floa
         reference_units = out.hits + out.substitutions + out.deletions
     errors += sum(len(units([h])[0]) for (_, h), e in zip(pairs, empty) if e)
     return float(errors / max(reference_units, 1))
+
+
+def detection_map(
+    preds: list[dict], targets: list[dict], classes: list[str], masks: bool = True, curves: bool = False
+) -> dict:
+    """COCO mAP and mAR of detections, for boxes and (with `masks`) masks: torchmetrics'
+    MeanAveragePrecision on the pycocotools backend, so the figures are the COCO evaluation's own.
+
+    preds: per image {'boxes' (N, 4) xyxy, 'scores', 'labels'[, 'masks' (N, H, W) bool]}; targets the
+    same without scores. `classes[label]` names a label (0 is the background). Returns box_map,
+    box_map_50, box_map_75, box_map_small/medium/large, box_mar_1/10/100, the same with mask_ for
+    masks, 'per_class' {name: {box_ap, box_ar_100[, mask_ap]}}, and with `curves` the precision
+    arrays (IoU threshold, recall, class, area, max detections) as 'box_precision'/'mask_precision'.
+    AP of a size no object has is -1, as in pycocotools."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    kinds = ("bbox", "segm") if masks else ("bbox",)
+    metric = MeanAveragePrecision(iou_type=kinds, backend="pycocotools", class_metrics=True, extended_summary=curves)
+    metric.update(preds, targets)
+    raw = metric.compute()
+    out: dict = {}
+    per_class: dict[str, dict] = {}
+    present = torch.atleast_1d(raw["classes"]).tolist()
+    for kind, name in (("bbox", "box"), ("segm", "mask")):
+        if kind not in kinds:
+            continue
+        prefix = f"{kind}_" if len(kinds) > 1 else ""  # torchmetrics names one kind's figures without it
+        for key, value in raw.items():
+            if key.startswith(prefix) and isinstance(value, torch.Tensor) and value.ndim == 0:
+                if key[len(prefix) :].startswith(("map", "mar")) and not key.endswith("_per_class"):
+                    out[f"{name}_{key[len(prefix) :]}"] = float(value)
+        aps = torch.atleast_1d(raw[f"{prefix}map_per_class"]).tolist()
+        ars = torch.atleast_1d(raw[f"{prefix}mar_100_per_class"]).tolist()
+        for label, ap, ar in zip(present, aps, ars):
+            row = per_class.setdefault(classes[label], {})
+            row[f"{name}_ap"] = ap
+            if kind == "bbox":
+                row["box_ar_100"] = ar
+        if curves:
+            out[f"{name}_precision"] = raw[f"{prefix}precision"]
+    out["per_class"] = {c: per_class[c] for c in classes if c in per_class}
+    return out

