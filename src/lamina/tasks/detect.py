@@ -22,6 +22,7 @@ from lamina.tasks import register_task
 from lamina.tasks.base import Prepared, Task
 
 QUICK_VAL = 100  # validation images scored at each evaluation during training; all of them at the end
+GALLERY_SCORE = 0.5  # the gallery draws detections scored at least this (the metrics count every one)
 
 DETECT = Verb(
     "detect",
@@ -258,8 +259,8 @@ class DetectTask(Task):
 
     # ----- using a trained run ------------------------------------------------------------------
     def report(self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path) -> dict[str, Any]:
-        """COCO metrics for boxes and masks, per class and by object size; gallery.png (predictions
-        beside the truth) and precision-recall.png."""
+        """COCO metrics for boxes and masks, per class and by object size; gallery.png (the first eight
+        images, their detections scored at least GALLERY_SCORE beside the truth) and precision-recall.png."""
         from lamina.viz.detect import plot_gallery, plot_precision_recall
 
         classes = ["__background__", *meta["classes"]]
@@ -274,8 +275,9 @@ class DetectTask(Task):
         found = metrics.detection_map(preds, targets, classes, masks=masks, curves=True)
         curves = {k: found.pop(f"{k}_precision") for k in ("box", "mask") if f"{k}_precision" in found}
         out_dir.mkdir(parents=True, exist_ok=True)
+        shown = [{k: v[p["scores"] >= GALLERY_SCORE] for k, v in p.items()} for p in preds[:8]]
         plots = [
-            plot_gallery(images[:8], preds[:8], targets[:8], classes, out_dir / "gallery.png"),
+            plot_gallery(images[:8], shown, targets[:8], classes, out_dir / "gallery.png", GALLERY_SCORE),
             plot_precision_recall(curves, out_dir / "precision-recall.png"),
         ]
         return {"n": len(images), "metrics": found, "plots": [str(p) for p in plots]}

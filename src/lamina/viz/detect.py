@@ -49,7 +49,7 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     return Path(path)
 
 
-def plot_gallery(images, preds, targets, classes, path: Path, columns: int = 4) -> Path:
+def plot_gallery(images, preds, targets, classes, path: Path, min_score: float = 0.0, columns: int = 4) -> Path:
     """Pairs of panels: each image with its predictions (left) and with its ground truth (right)."""
     plt = pyplot()
     rows = -(-len(images) // (columns // 2))
@@ -60,7 +60,8 @@ def plot_gallery(images, preds, targets, classes, path: Path, columns: int = 4) 
         for j, (objects, title) in enumerate(((pred, "predicted"), (target, "truth"))):
             ax = axes.flat[2 * i + j]
             ax.imshow(draw(image, objects, classes, scores=j == 0).permute(1, 2, 0).numpy())
-            ax.set_title(f"{title} ({len(objects['labels'])})", fontsize=9)
+            scored = f", score >= {min_score:g}" if j == 0 and min_score else ""
+            ax.set_title(f"{title} ({len(objects['labels'])}{scored})", fontsize=9)
     fig.tight_layout()
     return save(fig, path)
 
