@@ -90,9 +90,10 @@ def fashion_mnist(split: str) -> ImageSet:
 # ----- one image, from wherever it comes ---------------------------------------------------------
 def load_image(source, channels: int, size: int, name: str | None = None) -> torch.Tensor:
     """One image as the model takes it, (C, S, S) uint8: converted to its channels, the shorter side
-    resized to S and centre-cropped. `source` is a file path, a PIL image, an (H, W[, C]) uint8 array
-    or a (C, H, W) tensor (uint8, or float in [0, 1]); every source goes through the same PIL steps,
-    so an image in memory gives exactly what the same image read from a file gives."""
+    resized to S and centre-cropped (size 0: kept at its own size, (C, H, W)). `source` is a file
+    path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) tensor (uint8, or float in [0, 1]);
+    every source goes through the same PIL steps, so an image in memory gives exactly what the same
+    image read from a file gives."""
     name = name or str(source)
     try:
         if isinstance(source, (str, Path)):
@@ -131,7 +132,8 @@ def to_pil(source) -> Image.Image:
 
 def _fit(img: Image.Image, channels: int, size: int) -> torch.Tensor:
     img = img.convert("L" if channels == 1 else "RGB")
-    img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
+    if size:
+        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
     array = np.asarray(img, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy())

@@ -14,7 +14,7 @@ from lamina import metrics
 from lamina.commands import Verb, arg
 from lamina.config import POSITIVE, DataConfig, setting
 from lamina.data import coco, scenes
-from lamina.data.images import UNREADABLE, to_pil
+from lamina.data.images import load_image
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
@@ -361,20 +361,5 @@ class DetectTask(Task):
 
 
 def read_image(source, name: str) -> torch.Tensor:
-    """(3, H, W) uint8 of a path, PIL image, array or tensor, any size and mode."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    try:
-        if isinstance(source, (str, Path)):
-            with Image.open(source) as im:
-                picture = ImageOps.exif_transpose(im).convert("RGB")
-        else:
-            picture = to_pil(source).convert("RGB")
-    except FileNotFoundError:
-        raise LaminaError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise LaminaError(f"{name}: is a folder, not an image") from None
-    except UNREADABLE as exc:
-        raise LaminaError(f"{name}: not a readable image ({str(exc).splitlines()[0][:120]})") from None
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).contiguous()
+    """(3, H, W) uint8 of a path, PIL image, array or tensor, any size and mode (classify's reader, unresized)."""
+    return load_image(source, 3, 0, name)
