@@ -149,3 +149,69 @@ def detection_map(
             out[f"{name}_precision"] = raw[f"{prefix}precision"]
     out["per_class"] = {c: per_class[c] for c in classes if c in per_class}
     return out
+
+
+# ----- scene text: the ICDAR 2015 protocol ------------------------------------------------------------
+def word_accuracy(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """Share of words read exactly (case-sensitive and not), and the character error rate (jiwer)."""
+    n = max(len(references), 1)
+    return {
+        "word_accuracy": sum(r == h for r, h in zip(references, hypotheses)) / n,
+        "word_accuracy_nocase": sum(r.lower() == h.lower() for r, h in zip(references, hypotheses)) / n,
+        "cer": cer(references, hypotheses),
+    }
+
+
+def text_spotting(
+    found: list[list[tuple]], truth: list[list[tuple]], iou: float = 0.5, dont_care: str = "###"
+) -> dict[str, float]:
+    """Detection precision, recall and H-mean at IoU `iou`, and end-to-end precision, recall and F
+    (a match whose transcript is right, case ignored), over images of (quad (4, 2), transcript) pairs
+    (transcript None for a detector alone). ICDAR 2015: words and truths are matched one to one,
+    best IoU first; a found word lying over half inside a '###' region is neither right nor wrong, and
+    '###' truths are never missed. Quadrilaterals are compared as polygons (shapely)."""
+    from shapely.geometry import Polygon
+
+    def polygon(q):
+        p = Polygon(q)
+        return p if p.is_valid else p.buffer(0)
+
+    counted_found = counted_truth = matched = read = 0
+    for image_found, image_truth in zip(found, truth):
+        cares = [(polygon(q), t) for q, t in image_truth if t != dont_care]
+        ignored = [polygon(q) for q, t in image_truth if t == dont_care]
+        kept = []
+        for q, t in image_found:
+            p = polygon(q)
+            if p.area > 0 and any(p.intersection(g).area / p.area > 0.5 for g in ignored):
+                continue
+            kept.append((p, t))
+        pairs = []
+        for i, (p, _) in enumerate(kept):
+            for j, (g, _) in enumerate(cares):
+                if p.intersects(g):
+                    inter = p.intersection(g).area
+                    value = inter / max(p.area + g.area - inter, 1e-9)
+                    if value > iou:
+                        pairs.append((value, i, j))
+        used_found, used_truth = set(), set()
+        for _, i, j in sorted(pairs, reverse=True):
+            if i in used_found or j in used_truth:
+                continue
+            used_found.add(i)
+            used_truth.add(j)
+            matched += 1
+            text = kept[i][1]
+            read += text is not None and text.lower() == cares[j][1].lower()
+        counted_found += len(kept)
+        counted_truth += len(cares)
+    precision, recall = matched / max(counted_found, 1), matched / max(counted_truth, 1)
+    e2e_p, e2e_r = read / max(counted_found, 1), read / max(counted_truth, 1)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "hmean": 2 * precision * recall / max(precision + recall, 1e-9),
+        "e2e_precision": e2e_p,
+        "e2e_recall": e2e_r,
+        "e2e_f": 2 * e2e_p * e2e_r / max(e2e_p + e2e_r, 1e-9),
+    }

