@@ -168,6 +168,22 @@ def test_text_spotting_known_answers():
         "word_accuracy": 0.5, "word_accuracy_nocase": 1.0, "cer": pytest.approx(1 / 6)}  # fmt: skip
 
 
+def test_short_words_keep_their_direction_and_thin_cores_are_found():
+    square = np.array([(20, 10), (29, 10), (29, 22), (20, 22)], float)  # an "I": higher than wide
+    rolled = np.roll(square[::-1], 1, axis=0)
+    np.testing.assert_allclose(ocr.order_quad(rolled), square)
+    core = np.zeros((20, 40), np.float32)
+    core[8, 5:35] = 1  # a core one pixel thick
+    ((quad, _),) = ocr.polygons_from_map(core, 2)
+    assert quad[:, 0].min() < 10 and quad[:, 0].max() > 70 and quad[0, 1] < quad[3, 1]
+
+
+def test_end_to_end_forgives_a_trailing_mark_as_icdar_does():
+    box = np.array([(0, 0), (40, 0), (40, 10), (0, 10)], float)
+    assert metrics.text_spotting([[(box, "theatre")]], [[(box, "Theatre.")]])["e2e_f"] == 1.0
+    assert metrics.text_spotting([[(box, "theatr")]], [[(box, "Theatre.")]])["e2e_f"] == 0.0
+
+
 def test_reading_order_goes_by_lines_then_left_to_right():
     box = lambda x, y: np.array([(x, y), (x + 20, y), (x + 20, y + 10), (x, y + 10)], float)  # noqa: E731
     quads = [box(60, 2), box(0, 40), box(0, 0), box(30, 42)]
@@ -378,3 +394,19 @@ def test_a_line_is_cut_into_words_in_proportion():
     assert (w1, w2) == ("hello", "world")
     np.testing.assert_allclose(q1[:, 0], [0, 50, 50, 0])
     np.testing.assert_allclose(q2[:, 0], [60, 110, 110, 60])
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_reader_that_reads(text_folder, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "lamina",
+               "train", "read", "--data", str(text_folder), "--epochs", "1", "--batch-size", "2", "--out", str(out),
+               "--quiet", *[a for s in TINY_SETS for a in ("--set", s)]]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = lamina.load(out, device="cpu")
+    assert run.info["processes"] == 2
+    assert "words" in run.read([str(text_folder / "test" / "000000.jpg")])["results"][0]

@@ -9,7 +9,8 @@ crops lamina's recognizer is scored on) with recognition alone: Tesseract as one
 (--psm 7), RapidOCR without its detector. RapidOCR reports lines of text: a line is cut into words at
 its spaces, each word's quadrilateral the share of the line's its characters take, so that it is
 scored word by word as lamina is. Prints one JSON object: the figures of lamina.metrics, seconds per
-image and crops per second. --budget stops reading once that many seconds have passed (0: no limit).
+image and crops per second. --budget stops reading whole images once that many seconds have passed
+(0: no limit; the crops are all read).
 """
 
 from __future__ import annotations

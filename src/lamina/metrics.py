@@ -152,6 +152,17 @@ def detection_map(
 
 
 # ----- scene text: the ICDAR 2015 protocol ------------------------------------------------------------
+SPECIAL = "!?.:,*\"()\u00b7[]/'"  # ICDAR 2015's end-to-end script forgives one of these at either end
+
+
+def _reads_as(text: str, truth: str) -> bool:
+    text, truth = text.lower(), truth.lower()
+    if text == truth:
+        return True
+    return any(text == t for t in (truth[1:] if truth[:1] in SPECIAL else None,
+                                    truth[:-1] if truth[-1:] in SPECIAL else None) if t)  # fmt: skip
+
+
 def word_accuracy(references: list[str], hypotheses: list[str]) -> dict[str, float]:
     """Share of words read exactly (case-sensitive and not), and the character error rate (jiwer)."""
     n = max(len(references), 1)
@@ -166,10 +177,12 @@ def text_spotting(
     found: list[list[tuple]], truth: list[list[tuple]], iou: float = 0.5, dont_care: str = "###"
 ) -> dict[str, float]:
     """Detection precision, recall and H-mean at IoU `iou`, and end-to-end precision, recall and F
-    (a match whose transcript is right, case ignored), over images of (quad (4, 2), transcript) pairs
-    (transcript None for a detector alone). ICDAR 2015: words and truths are matched one to one,
-    best IoU first; a found word lying over half inside a '###' region is neither right nor wrong, and
-    '###' truths are never missed. Quadrilaterals are compared as polygons (shapely)."""
+    (a match whose transcript is right), over images of (quad (4, 2), transcript) pairs (transcript
+    None for a detector alone). As ICDAR 2015: one to one matches; a found word lying over half
+    inside a '###' region is neither right nor wrong, and '###' truths are never missed; a transcript
+    is right when it equals the truth, case ignored, or the truth without one leading or trailing
+    punctuation mark. Where the official script matches in the order it reads the words, this
+    matches best IoU first (a word between two truths goes to the nearer). Polygons by shapely."""
     from shapely.geometry import Polygon
 
     def polygon(q):
@@ -202,7 +215,7 @@ def text_spotting(
             used_truth.add(j)
             matched += 1
             text = kept[i][1]
-            read += text is not None and text.lower() == cares[j][1].lower()
+            read += text is not None and _reads_as(text, cares[j][1])
         counted_found += len(kept)
         counted_truth += len(cares)
     precision, recall = matched / max(counted_found, 1), matched / max(counted_truth, 1)

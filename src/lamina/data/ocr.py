@@ -1,9 +1,9 @@
 """Scene-text data: images with their words (ICDAR folders, synth-text), word crops, and the maps
 and batches the detector and the recognizer train on.
 
-    read_split      the images of a split with their words: quadrilateral, transcript, font
-                    family and photograph where synth-text recorded them; '###' words are
-                    "do not care" (ICDAR): neither found nor missed
+    read_synth, read_icdar   the images of a split with their words: quadrilateral, transcript,
+                    and font family and photograph where synth-text recorded them; '###' words
+                    are "do not care" (ICDAR): neither found nor missed
     read_manifest   word crops of a `crop-path<TAB>transcript` manifest
     cut             a word's crop: its quadrilateral, grown a little, mapped onto a 32 px high
                     rectangle, so that the perspective is undone
@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,9 @@ class TextImage:
     photo: str = ""
 
     def pil(self) -> Image.Image:
-        return Image.open(io.BytesIO(self.data)).convert("RGB")
+        from PIL import ImageOps
+
+        return ImageOps.exif_transpose(Image.open(io.BytesIO(self.data))).convert("RGB")
 
 
 @dataclass
@@ -114,9 +117,13 @@ def read_synth(root: Path, split: str) -> list[TextImage]:
     ]  # fmt: skip
 
 
+SPLIT_WORDS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
 def _split_of_folder(path: Path, root: Path) -> str:
-    parts = [p.lower() for p in path.relative_to(root).parts[:-1]]
-    return next((s for s in ("train", "val", "test") if any(s in p for p in parts)), "")
+    """The split a folder's name says (ch4_training_images, test, val_gt ...): a whole word of it."""
+    words = {w for p in path.relative_to(root).parts[:-1] for w in re.split(r"[^a-z]+", p.lower())}
+    return next((s for s, names in SPLIT_WORDS.items() if words & set(names)), "")
 
 
 def icdar_layout(root: Path) -> dict[str, list[Path]]:
@@ -168,7 +175,7 @@ def read_manifest(path: Path) -> list[tuple[bytes, str, str]]:
         if not line.strip():
             continue
         file, _, text = line.partition("\t")
-        crop = (path.parent / file).expanduser()
+        crop = path.parent / Path(file).expanduser()
         data = _read_bytes(crop) if text else None
         if data is None:
             bad.append(f"line {n} ({'no transcript' if not text else 'unreadable ' + file})")
@@ -215,8 +222,8 @@ def cut(
 
 def crops_of(images: list[TextImage], alphabet: set[str], seed: int | None, split: str) -> TextSet:
     """The split with the crops of its words (not the '###' ones). With a seed, each crop's corners are
-    jittered (training); words with characters outside `alphabet` are counted, warned about and kept
-    out of the recognizer's data."""
+    jittered (training; one draw per word, fixed for the run); words with characters outside
+    `alphabet` are counted, warned about and kept out of the recognizer's data."""
     out = TextSet(images)
     unknown, chars = 0, set()
     for i, item in enumerate(images):
@@ -231,7 +238,7 @@ def crops_of(images: list[TextImage], alphabet: set[str], seed: int | None, spli
                 continue
             out.crops.append(cut(pil, word.quad, jitter=rng))
             out.texts.append(word.text)
-            out.groups.append({"font": word.font, "photo": item.photo})
+            out.groups.append({"font": word.font, "photo": item.photo, "image": i})
     if unknown:
         shown = "".join(sorted(chars))[:20]
         warn(f"{split}: {unknown} word(s) have characters outside the recognizer's alphabet ({shown!r}); "
@@ -239,9 +246,9 @@ def crops_of(images: list[TextImage], alphabet: set[str], seed: int | None, spli
     return out
 
 
-def decode_crop(data: bytes, height: int = 32) -> torch.Tensor:
-    """A crop file as the recognizer takes it: grey, `height` px high, its aspect kept."""
-    img = Image.open(io.BytesIO(data)).convert("L")
+def decode_crop(data: bytes | Image.Image, height: int = 32) -> torch.Tensor:
+    """A crop (file bytes or a PIL image) as the recognizer takes it: grey, `height` px high, its aspect kept."""
+    img = (data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))).convert("L")
     w = int(np.clip(round(img.width * height / max(img.height, 1)), 8, MAX_CROP_WIDTH))
     return torch.from_numpy(np.asarray(img.resize((w, height), Image.Resampling.BILINEAR), dtype=np.uint8).copy())
 
@@ -264,9 +271,7 @@ def db_targets(words: list[Word], height: int, width: int, stride: int) -> dict[
     for word in words:
         quad = word.quad / stride
         polygon = Polygon(quad)
-        if not polygon.is_valid or polygon.area < 1:
-            continue
-        if word.ignore or min(quad_size(quad)) < 2:
+        if word.ignore or not polygon.is_valid or polygon.area < 1 or min(quad_size(quad)) < 2:
             draw_mask.polygon([tuple(p) for p in quad], fill=0)
             continue
         d = polygon.area * (1 - SHRINK**2) / polygon.length
@@ -320,8 +325,12 @@ def polygons_from_map(prob: np.ndarray, stride: int, threshold: float = 0.3, min
         if score < min_score:
             continue
         ys, xs = np.nonzero(inside)
-        points = np.stack([xs + region[1].start + 0.5, ys + region[0].start + 0.5], 1)
+        # pixel centres, pixel i centred on i as PIL draws the targets (DBNet's unclip ratio is set for
+        # the contour through them); a core one pixel thick is a line, given its pixels' thickness
+        points = np.stack([xs + region[1].start, ys + region[0].start], 1).astype(np.float64)
         rect = MultiPoint(points).minimum_rotated_rectangle
+        if rect.geom_type != "Polygon":
+            rect = rect.buffer(0.5, cap_style="square", join_style="mitre").minimum_rotated_rectangle
         if rect.geom_type != "Polygon" or rect.length == 0:
             continue
         grown = _offset(rect, rect.area * UNCLIP / rect.length)
@@ -333,13 +342,20 @@ def polygons_from_map(prob: np.ndarray, stride: int, threshold: float = 0.3, min
 
 
 def order_quad(points: np.ndarray) -> np.ndarray:
-    """4 corners clockwise (y down) from the top left of the text: the text runs along the longer side,
-    left to right."""
+    """4 corners clockwise (y down) from the top left of the text. The text runs along the side nearer
+    the horizontal (a short word is about as high as wide), unless the other side is more than twice
+    as long; then left to right."""
     centre = points.mean(0)
     angles = np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0])
     p = points[np.argsort(angles)]  # clockwise on screen, since y points down
-    sides = [np.linalg.norm(p[(i + 1) % 4] - p[i]) for i in range(4)]
-    start = 0 if sides[0] + sides[2] >= sides[1] + sides[3] else 1  # p[start] -> p[start+1] runs along the text
+    lengths = [
+        np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[3] - p[2]),
+        np.linalg.norm(p[2] - p[1]) + np.linalg.norm(p[0] - p[3]),
+    ]
+    flat = [abs(p[1, 0] - p[0, 0]) / max(lengths[0] / 2, 1e-9), abs(p[2, 0] - p[1, 0]) / max(lengths[1] / 2, 1e-9)]
+    start = 0 if flat[0] >= flat[1] else 1  # p[start] -> p[start+1] runs along the text
+    if lengths[1 - start] > 2 * lengths[start]:
+        start = 1 - start
     p = np.roll(p, -start, axis=0)
     if p[1, 0] + p[2, 0] < p[0, 0] + p[3, 0]:  # running right to left: turn it round
         p = np.roll(p, 2, axis=0)
@@ -417,7 +433,7 @@ class DetectorBatches:
         words = [Word(w.text, w.quad * scale, w.font) for w in item.words]
         if rng is not None and rng.random() < 0.5:  # zoom in: a random crop of 60-100%, scaled back up
             f = rng.uniform(0.6, 1.0)
-            cw, ch = int(image.width * f), int(image.height * f)
+            cw, ch = max(1, int(image.width * f)), max(1, int(image.height * f))
             x0, y0 = int(rng.integers(0, image.width - cw + 1)), int(rng.integers(0, image.height - ch + 1))
             image = image.crop((x0, y0, x0 + cw, y0 + ch)).resize(
                 (image.width, image.height), Image.Resampling.BILINEAR
@@ -438,8 +454,8 @@ class DetectorBatches:
     def _inside(quad: np.ndarray, image: Image.Image) -> bool:
         return bool((quad.min(0) >= 0).all() and quad[:, 0].max() <= image.width and quad[:, 1].max() <= image.height)
 
-    def collate(self, rows: list[int], rng: np.random.Generator | None):
-        loaded = [self.load(i, rng) for i in rows]
+    def collate(self, rows: list[int], rngs: list[np.random.Generator] | None):
+        loaded = [self.load(i, rng) for i, rng in zip(rows, rngs or [None] * len(rows))]
         images = pad_to([x for x, _ in loaded])
         h, w = images.shape[-2:]
         maps = [db_targets(words, h, w, self.stride) for _, words in loaded]
@@ -449,11 +465,12 @@ class DetectorBatches:
     def batch(self, index: int, b: int, rank: int = 0, world: int = 1):
         order = self.order(index)
         rows = order[b * self.batch_size : (b + 1) * self.batch_size]
-        rng = None
-        if self.train:
-            rng = np.random.default_rng(seed_for(self.seed, index, b, rank))
-            rows = [rows[i] for i in train_rows(len(rows), rank, world)] if world > 1 else rows
-        return self.collate(rows, rng)
+        rngs = None
+        if self.train:  # one draw per image, by its place in the batch: the same whatever the processes
+            places = train_rows(len(rows), rank, world) if world > 1 else list(range(len(rows)))
+            rows = [rows[i] for i in places]
+            rngs = [np.random.default_rng(seed_for(self.seed, index, b, i)) for i in places]
+        return self.collate(rows, rngs)
 
     def epoch(self, index: int = 0, start: int = 0, rank: int = 0, world: int = 1) -> Iterator:
         for b in range(start, len(self)):

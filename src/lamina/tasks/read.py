@@ -159,8 +159,7 @@ class ReadTask(Task):
             images = ocr.read_synth(path, split)
         else:
             images = ocr.read_icdar(path, split)
-        crops = "recognizer" in self.parts or not train
-        if not crops:
+        if "recognizer" not in self.parts:
             return ocr.TextSet(images)
         return ocr.crops_of(images, set(self.vocab.chars), self.cfg.train.seed if train else None, split)
 
@@ -222,8 +221,10 @@ class ReadTask(Task):
             crops = ocr.CropBatches(train.crops, targets, size, self.device, train=True, seed=t.seed, short_first=True)
             if self.parts == ("recognizer",):
                 return crops
+        # synth-text scenes train at their own size; other images at the size they are read at
+        size = d.image_size if self.kind(d.name) == "synth" else MAX_SIDE
         images = ocr.DetectorBatches(train.images, self.global_batch, self.device, train=True, seed=t.seed,
-                                     size=d.image_size, crop=d.crop_size)  # fmt: skip
+                                     size=size, crop=d.crop_size)  # fmt: skip
         return images if crops is None else ocr.ReaderBatches(images, crops)
 
     def views(self) -> int:
@@ -235,6 +236,7 @@ class ReadTask(Task):
         from lamina.models.text import CRNN, DBNet
 
         kind = CRNN if name == "recognizer" else DBNet
+        model = getattr(model, "module", model)  # under DistributedDataParallel, the model it wraps
         return model if isinstance(model, kind) else getattr(model, name, None)
 
     def setup_model(self, model: nn.Module, meta: dict[str, Any], resume: bool) -> None:
@@ -278,27 +280,28 @@ class ReadTask(Task):
 
     # ----- loss ---------------------------------------------------------------------------------
     def step(self, model: nn.Module, batch) -> StepOutput:
+        # The parts are called through `model` itself, which may be DistributedDataParallel's wrapper.
         detector, recognizer = self.part(model, "detector"), self.part(model, "recognizer")
-        if detector is not None and recognizer is not None:
-            images, crops = batch
-        else:
-            images, crops = (batch, None) if detector is not None else (None, batch)
-        total, sums, n = 0.0, {}, 0
-        if images is not None:
-            x, targets = images
-            with self.precision.autocast():
-                out = detector(x.float() / 255)
-            losses = detector.loss(out, targets)
-            n = len(x)
-            total = sum(losses.values())
+        sums: dict[str, torch.Tensor] = {}
+        with self.precision.autocast():
+            if detector is not None and recognizer is not None:
+                (x, maps), (c, widths, y) = batch
+                out, (_, ctc_loss) = model(x.float() / 255, c, widths, y)
+            elif detector is not None:
+                x, maps = batch
+                out, ctc_loss = model(x.float() / 255), None
+            else:
+                c, widths, y = batch
+                out, (_, ctc_loss) = None, model(c, widths, y)
+        total = torch.zeros((), device=self.device)
+        n = len(x) if out is not None else len(c)
+        if out is not None:
+            losses = detector.loss(out, maps)
+            total = total + sum(losses.values())
             sums.update({k: v.detach() * n for k, v in losses.items()})
-        if crops is not None:
-            c, widths, targets = crops
-            with self.precision.autocast():
-                _, loss = recognizer(c, widths, targets)
-            n = n or len(c)
-            total = total + loss
-            sums["ctc"] = loss.detach() * n
+        if ctc_loss is not None:
+            total = total + ctc_loss
+            sums["ctc"] = ctc_loss.detach() * n
         return StepOutput(total, n, sums)
 
     # ----- reading ------------------------------------------------------------------------------
@@ -440,7 +443,10 @@ class ReadTask(Task):
         beam = beam or 1
         if beam < 1:
             raise UsageError(f"--beam must be at least 1, not {beam}")
+        self.vocab = CharVocab(meta.get("alphabet", synthtext.ALPHABET), specials=True)
         dataset = self.load_split(data, split)
+        if not (dataset.images or dataset.crops):
+            raise LaminaError(f"the {split} split of {data} holds no words to measure")
         if self.part(model, "detector") is None:
             dataset = ocr.TextSet([], dataset.crops, dataset.texts, dataset.groups)
         measured = self.measure(model, dataset, beam)
@@ -497,6 +503,7 @@ class ReadTask(Task):
         beam = beam or 1
         if beam < 1:
             raise UsageError(f"--beam must be at least 1, not {beam}")
+        self.vocab = CharVocab(meta.get("alphabet", synthtext.ALPHABET), specials=True)
         detector, recognizer = self.part(model, "detector"), self.part(model, "recognizer")
         started, results = time.perf_counter(), []
         for i, source in enumerate(images):
@@ -508,7 +515,7 @@ class ReadTask(Task):
                 continue
             t0 = time.perf_counter()
             if detector is None:
-                crop = ocr.decode_crop(image_bytes(image))
+                crop = ocr.decode_crop(to_pil(image))
                 text, confidence = self.recognize(recognizer, [crop], beam)[0][0]
                 results.append({"input": name, "text": text, "confidence": round(confidence, 4),
                                 "seconds": round(time.perf_counter() - t0, 4)})  # fmt: skip
@@ -558,11 +565,3 @@ def read_image(source, name: str) -> torch.Tensor:
     from lamina.data.images import load_image
 
     return load_image(source, 3, 0, name)
-
-
-def image_bytes(image: torch.Tensor) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    to_pil(image).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lamina.engine.checkpoint import atomic_write
 
-FOUND, TRUTH, WRONG = (0, 200, 255), (60, 220, 60), (255, 60, 60)
+FOUND, TRUTH = (0, 200, 255), (60, 220, 60)
 
 
 def _label_font(size: int) -> ImageFont.ImageFont:
