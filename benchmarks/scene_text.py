@@ -137,8 +137,9 @@ def main() -> None:
     text = "\n".join(body)
     print(json.dumps({"benchmark": "scene_text", "rows": rows, "latency": lat}), flush=True)
     if not a.no_write:
+        extra = f" --recognizer-budget {a.recognizer_budget:g}" if a.recognizer_budget else ""
         append_section("Scene text: lamina read beside Tesseract and RapidOCR", "python -m benchmarks.scene_text "
-                       f"--budgets {a.budgets} --peers {a.peers}", text)  # fmt: skip
+                       f"--budgets {a.budgets}{extra} --peers {a.peers}", text)  # fmt: skip
 
 
 if __name__ == "__main__":
