@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -45,6 +46,20 @@ def make_folder(root: Path, per_class: int = 12, colour: bool = False, sizes=((1
 
 # Runs in tests are pinned to the CPU in fp32, so results do not depend on the machine's GPU or bf16 support.
 CPU = ["train.device=cpu", "train.amp=off"]
+
+
+@contextlib.contextmanager
+def lamina_home(home: Path):
+    """$LAMINA_HOME set to `home` for a block (session fixtures build data outside any one test's home)."""
+    before = os.environ.get("LAMINA_HOME")
+    os.environ["LAMINA_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if before is None:
+            del os.environ["LAMINA_HOME"]
+        else:
+            os.environ["LAMINA_HOME"] = before
 
 
 @pytest.fixture(autouse=True)

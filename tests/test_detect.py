@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from PIL import Image
 
 import lamina
-from conftest import CPU, share_read_only
+from conftest import CPU, lamina_home, share_read_only
 from lamina.cli import main
 from lamina.data import coco, scenes
 from lamina.errors import LaminaError
@@ -23,15 +22,8 @@ TINY_SETS = ["data.image_size=64", *CPU]
 
 def build_in(home: Path, spec: scenes.SceneSpec) -> Path:
     """spec's scenes made under the lamina home `home` (the tests' own is per test)."""
-    before = os.environ.get("LAMINA_HOME")
-    os.environ["LAMINA_HOME"] = str(home)
-    try:
+    with lamina_home(home):
         return scenes.build(spec, processes=2)
-    finally:
-        if before is None:
-            del os.environ["LAMINA_HOME"]
-        else:
-            os.environ["LAMINA_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import lamina
-from conftest import CPU, share_read_only
+from conftest import CPU, lamina_home, share_read_only
 from lamina import metrics
 from lamina.cli import main
 from lamina.data import ocr, scenes, synthtext
@@ -25,15 +24,8 @@ TINY_SETS = ["data.image_size=160", "data.crop_size=128", "data.scenes=24", "dat
 
 
 def build_in(home: Path, spec: synthtext.TextSpec) -> Path:
-    before = os.environ.get("LAMINA_HOME")
-    os.environ["LAMINA_HOME"] = str(home)
-    try:
+    with lamina_home(home):
         return synthtext.build(spec, processes=2)
-    finally:
-        if before is None:
-            del os.environ["LAMINA_HOME"]
-        else:
-            os.environ["LAMINA_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from lamina.commands import Verb, arg
 from lamina.config import POSITIVE, DataConfig, setting
 from lamina.data import ocr, synthtext
 from lamina.data.batching import hash_split
-from lamina.data.images import to_pil
+from lamina.data.images import load_image, to_pil
 from lamina.data.vocab import EOS, CharVocab
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
@@ -509,7 +509,7 @@ class ReadTask(Task):
         for i, source in enumerate(images):
             name = str(source) if isinstance(source, (str, Path)) else f"<image {i}>"
             try:
-                image = read_image(source, name)
+                image = load_image(source, 3, 0, name)  # any size and mode, as detect reads
             except LaminaError as exc:
                 results.append({"input": name, "error": str(exc)})
                 continue
@@ -558,10 +558,3 @@ class ReadTask(Task):
                 print(f"wrote {r['drawn']}", file=out)
 
     render_predict = render_read
-
-
-def read_image(source, name: str) -> torch.Tensor:
-    """(3, H, W) uint8 of a path, PIL image, array or tensor, at its own size."""
-    from lamina.data.images import load_image
-
-    return load_image(source, 3, 0, name)
