@@ -142,9 +142,10 @@ def object_pool(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ----- composing one scene ------------------------------------------------------------------------------
-def background(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def background(photo: np.ndarray, size: int, rng: np.random.Generator, hue: bool = True) -> np.ndarray:
     """A random square crop (30-100% of the shorter side), resized to `size`, maybe mirrored, with
-    random brightness, contrast, saturation and hue: (size, size, 3) uint8."""
+    random brightness, contrast, saturation and (unless hue=False: a background a caption names must
+    look as named) hue: (size, size, 3) uint8."""
     h, w = photo.shape[:2]
     side = int(min(h, w) * rng.uniform(0.3, 1.0))
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
@@ -157,6 +158,8 @@ def background(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
         (ImageEnhance.Color, 0.3, 1.7),
     ):
         image = enhance(image).enhance(rng.uniform(low, high))
+    if not hue:
+        return np.asarray(image)
     hsv = np.asarray(image.convert("HSV")).copy()
     hsv[..., 0] = (hsv[..., 0].astype(np.int16) + rng.integers(0, 256)) % 256  # hue rotation
     return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
@@ -182,6 +185,20 @@ def tint(intensity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return colour * shade
 
 
+def place(owner: np.ndarray, areas: list[int], mask: np.ndarray, rng: np.random.Generator,
+          tries: int = 10) -> tuple[int, int] | None:  # fmt: skip
+    """Where (y, x) to paste `mask` so that every object already in `owner` (the 1-based object each
+    pixel shows) keeps MIN_VISIBLE of its full area (`areas`); None after `tries` random spots."""
+    S, (h, w) = owner.shape[0], mask.shape
+    for _attempt in range(tries):
+        y, x = int(rng.integers(0, S - h + 1)), int(rng.integers(0, S - w + 1))
+        covered = np.bincount(owner[y : y + h, x : x + w][mask], minlength=len(areas) + 1)[1:]
+        visible = np.bincount(owner.ravel(), minlength=len(areas) + 1)[1:] - covered
+        if all(v >= MIN_VISIBLE * a for v, a in zip(visible, areas)):
+            return y, x
+    return None
+
+
 def compose(
     photo: np.ndarray, pool: tuple[np.ndarray, np.ndarray, np.ndarray], spec: SceneSpec, rng: np.random.Generator
 ) -> tuple[np.ndarray, list[dict]]:
@@ -199,15 +216,11 @@ def compose(
         intensity, mask = scaled_object(images[k], side, rng)
         if mask.sum() < MIN_AREA:
             continue
-        h, w = mask.shape
-        for _attempt in range(10):
-            y, x = int(rng.integers(0, S - h + 1)), int(rng.integers(0, S - w + 1))
-            covered = np.bincount(owner[y : y + h, x : x + w][mask], minlength=len(areas) + 1)[1:]
-            visible = np.bincount(owner.ravel(), minlength=len(areas) + 1)[1:] - covered
-            if all(v >= MIN_VISIBLE * a for v, a in zip(visible, areas)):
-                break
-        else:
+        spot = place(owner, areas, mask, rng)
+        if spot is None:
             continue  # nowhere to put it without hiding another object: leave it out
+        y, x = spot
+        h, w = mask.shape
         region = image[y : y + h, x : x + w]
         region[mask] = tint(intensity, rng)[mask]
         owner[y : y + h, x : x + w][mask] = len(areas) + 1

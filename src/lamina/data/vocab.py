@@ -4,13 +4,15 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3   padding (also CTC's blank), unknown, start and
 CharVocab     characters; with specials (transcripts: ids 0-3 special, characters from 4) or without
               (a character language model, where every id is a character of its text)
 Tokenizer     SentencePiece subwords (translation), with the same four special ids
+WordVocab     whole words above a frequency threshold, the rest <unk> (captions)
 """
 
 from __future__ import annotations
 
 import io
 import unicodedata
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,30 @@ class Tokenizer:
         return sorted(
             ch for ch in set(text) if not ch.isspace() and any(self.sp.is_byte(i) for i in self.sp.encode(ch))
         )
+
+
+class WordVocab:
+    """Words seen at least `min_count` times in the training captions, most frequent first, after
+    the four special ids; any other word is <unk> (Karpathy & Fei-Fei 2015 keep words seen 5 times)."""
+
+    def __init__(self, words: Sequence[str]):
+        self.words = list(words)
+        self.index = {w: i + len(SPECIALS) for i, w in enumerate(self.words)}
+
+    @classmethod
+    def build(cls, sentences: Iterable[Sequence[str]], min_count: int = 1) -> WordVocab:
+        counts = Counter(w for s in sentences for w in s)
+        return cls([w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count])
+
+    def __len__(self) -> int:
+        return len(SPECIALS) + len(self.words)
+
+    def encode(self, words: Sequence[str]) -> list[int]:
+        return [self.index.get(w, UNK) for w in words]
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The words of `ids`, '<unk>' included; padding, BOS and EOS left out."""
+        return [SPECIALS[UNK] if i == UNK else self.words[i - len(SPECIALS)] for i in ids if i == UNK or i > EOS]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.tokens(ids))

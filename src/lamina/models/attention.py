@@ -41,15 +41,18 @@ class Attention(nn.Module):
     general   s_t . W h_j                   (Luong)
     """
 
-    def __init__(self, score: str, hidden: int):
+    def __init__(self, score: str, hidden: int, dim: int | None = None):
+        """`dim`: the size of the additive score's hidden layer (default `hidden`); a smaller one
+        is cheaper where the memory is long (an image's grid of cells)."""
         super().__init__()
         if score not in SCORES:
             raise ValueError(f"attention must be one of {', '.join(SCORES)}, not {score!r}")
         self.score = score
-        self.key = nn.Identity() if score == "dot" else nn.Linear(hidden, hidden, bias=False)
+        dim = dim if score == "additive" and dim else hidden
+        self.key = nn.Identity() if score == "dot" else nn.Linear(hidden, dim, bias=False)
         if score == "additive":
-            self.query = nn.Linear(hidden, hidden)
-            self.v = nn.Linear(hidden, 1, bias=False)
+            self.query = nn.Linear(hidden, dim)
+            self.v = nn.Linear(dim, 1, bias=False)
 
     def keys(self, outputs: torch.Tensor) -> torch.Tensor:
         return self.key(outputs)

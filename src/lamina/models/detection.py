@@ -37,7 +37,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from lamina.models.layers import conv_norm_act, norm_layer
 from lamina.models.registry import register_model
-from lamina.models.resnet import _stage
+from lamina.models.resnet import _stage, load_features
 
 FASHION_MEAN, FASHION_STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # overridden by a transferred backbone's own
 
@@ -149,25 +149,6 @@ def fcos(
 
 
 def load_classifier_backbone(detector: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Copy a classify ResNet's backbone (features.*) into a detector's backbone; returns the names
-    loaded: every one of the classifier's, or a ValueError naming the first that does not fit (a
-    backbone of another layout is refused, not loaded in part). A grey backbone's first convolution
-    is spread over the three colour channels, its weights divided by three, so that a grey image
-    gives the same response as before."""
-    own = detector.backbone.features.state_dict()
-    loaded = {}
-    for key, value in state.items():
-        if not key.startswith("features."):
-            continue
-        name = key.removeprefix("features.")
-        if name not in own:  # a backbone of another layout (VGG, DenseNet) must not load in part, silently
-            raise ValueError(f"{key} has no counterpart here (the detector's backbone is a ResNet)")
-        if name == "0.0.weight" and value.shape[1] == 1 and own[name].shape[1] == 3:
-            value = value.repeat(1, 3, 1, 1) / 3
-        if value.shape != own[name].shape:
-            raise ValueError(f"features.{name} is {tuple(value.shape)} there and {tuple(own[name].shape)} here")
-        loaded[name] = value
-    if "0.0.weight" not in loaded:
-        raise ValueError("it has no convolutional stem laid out as lamina's ResNets (features.0.0.weight)")
-    detector.backbone.features.load_state_dict(loaded, strict=False)
-    return [f"features.{k}" for k in loaded]
+    """Copy a classify ResNet's backbone (features.*) into a detector's backbone (see
+    lamina.models.resnet.load_features); returns the names loaded."""
+    return load_features(detector.backbone.features, state)

@@ -7,6 +7,7 @@ is trained on 28-32 pixel images.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
@@ -66,3 +67,29 @@ def resnet18(in_channels=1, num_classes=10, image_size=28, dropout=0.0) -> Image
     num_features = net.fc.in_features
     net.fc = nn.Identity()  # torchvision's forward then ends with the pooled, flattened features
     return ImageClassifier(net, num_features, num_classes, dropout, in_channels)
+
+
+def load_features(features: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy a classify ResNet's backbone (its `features.*` weights) into `features`, a module laid out
+    the same way (features.0 the stem, then the stages), as detection and captioning backbones are;
+    returns the names loaded: every one of the classifier's, or a ValueError naming the first that
+    does not fit (a backbone of another layout is refused, not loaded in part). A grey backbone's
+    first convolution is spread over the three colour channels, its weights divided by three, so that
+    a grey image gives the same response as before."""
+    own = features.state_dict()
+    loaded = {}
+    for key, value in state.items():
+        if not key.startswith("features."):
+            continue
+        name = key.removeprefix("features.")
+        if name not in own:  # a backbone of another layout (VGG, DenseNet) must not load in part, silently
+            raise ValueError(f"{key} has no counterpart here (the backbone here is a ResNet)")
+        if name == "0.0.weight" and value.shape[1] == 1 and own[name].shape[1] == 3:
+            value = value.repeat(1, 3, 1, 1) / 3
+        if value.shape != own[name].shape:
+            raise ValueError(f"features.{name} is {tuple(value.shape)} there and {tuple(own[name].shape)} here")
+        loaded[name] = value
+    if "0.0.weight" not in loaded:
+        raise ValueError("it has no convolutional stem laid out as lamina's ResNets (features.0.0.weight)")
+    features.load_state_dict(loaded, strict=False)
+    return [f"features.{k}" for k in loaded]
