@@ -228,3 +228,69 @@ def text_spotting(
         "e2e_recall": e2e_r,
         "e2e_f": 2 * e2e_p * e2e_r / max(e2e_p + e2e_r, 1e-9),
     }
+
+
+# ----- captions: the COCO caption evaluation (pycocoevalcap) ------------------------------------------
+def java() -> bool:
+    """Whether METEOR can be measured: pycocoevalcap runs it as a Java program."""
+    import shutil
+
+    return shutil.which("java") is not None
+
+
+def caption_scores(hypotheses: list[str], references: list[list[str]], meteor: bool = False) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L and CIDEr-D of one caption per image against its references, as the COCO
+    caption evaluation computes them (pycocoevalcap; BLEU and ROUGE-L in 0-1, CIDEr-D 0-10), plus
+    METEOR when asked and Java is present, and sacrebleu's corpus BLEU (0-100, 13a tokenization of the
+    same words) as a second, labelled BLEU. Captions are tokenized as the COCO PTB tokenizer does for
+    plain English (lower case, punctuation dropped: lamina.data.captions.words), without the Java
+    program it needs."""
+    import contextlib
+    import io
+
+    import sacrebleu
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    from lamina.data.captions import words
+
+    if not hypotheses:
+        return {}
+    gts = {i: [" ".join(words(r)) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(words(h))] for i, h in enumerate(hypotheses)}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its BLEU statistics
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}
+    out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    out["cider"] = float(Cider().compute_score(gts, res)[0])
+    if meteor and java():
+        scorer = Meteor()
+        try:
+            out["meteor"] = float(scorer.compute_score(gts, res)[0])
+        finally:
+            scorer.close()
+    # sacrebleu on the same tokens (lower case, no punctuation), one stream per reference position
+    # (an image with fewer references repeats its first)
+    k = max(len(r) for r in gts.values())
+    streams = [[refs[j] if j < len(refs) else refs[0] for refs in gts.values()] for j in range(k)]
+    out["sacrebleu"] = float(sacrebleu.corpus_bleu([r[0] for r in res.values()], streams).score)
+    return out
+
+
+class Meteor:
+    """pycocoevalcap's METEOR program, closed when done (its own class only kills it at exit)."""
+
+    def __init__(self):
+        from pycocoevalcap.meteor.meteor import Meteor as CocoMeteor
+
+        self.scorer = CocoMeteor()
+
+    def compute_score(self, gts, res):
+        return self.scorer.compute_score(gts, res)
+
+    def close(self) -> None:
+        p = self.scorer.meteor_p
+        p.stdin.close()
+        p.kill()
+        p.wait()  # (its own __del__ then finds the program ended and does nothing)

@@ -342,6 +342,36 @@ class SyntheticScenes:
         return "composed on first use (or: lamina data prepare synth-scenes)"
 
 
+class SyntheticCaptions:
+    """synth-captions: captioned scenes of Fashion-MNIST objects (lamina.data.captions), cached in $LAMINA_HOME."""
+
+    name = "synth-captions"
+    install_hint = SyntheticScenes.install_hint
+
+    def locate(self) -> str | None:
+        built = sorted((lamina_home() / "data" / self.name).glob("*/captions.json"))
+        return ", ".join(str(p.parent) for p in built) or None
+
+    def prepare(self, name: str = "", scenes: int = 8000, image_size: int = 96) -> str:
+        """Compose the default scenes (or find them made) and say what they hold."""
+        import json
+
+        from lamina.data import captions
+
+        spec = captions.CaptionSpec.for_size(image_size, train=scenes)  # what `lamina train caption` reads
+        root = captions.build(spec)
+        counts = {s: len(json.loads((root / "annotations" / f"captions_{s}.json").read_text())["annotations"])
+                  for s in spec.counts()}  # fmt: skip
+        return (
+            f"{spec.train:,} training, {spec.val:,} validation and {spec.test:,} test scenes of {image_size} px "
+            f"({', '.join(f'{n:,} {s} captions' for s, n in counts.items())}) in {root}"
+        )
+
+    @property
+    def when_absent(self) -> str:
+        return SyntheticScenes().when_absent.replace("synth-scenes", self.name)
+
+
 class SyntheticText:
     """synth-text: words rendered onto photographs (lamina.data.synthtext), cached in $LAMINA_HOME."""
 
@@ -390,7 +420,9 @@ class Dataset:
     name: str
     task: str
     description: str
-    source: FileSet | PypiArchive | LocaleCatalogs | SynthesizedSpeech | SyntheticScenes | SyntheticText
+    source: (
+        FileSet | PypiArchive | LocaleCatalogs | SynthesizedSpeech | SyntheticScenes | SyntheticText | SyntheticCaptions
+    )
     prepare_args: tuple = ()  # lamina.commands.Arg options of `lamina data prepare NAME`
 
     def matches(self, name: str) -> bool:
@@ -442,6 +474,17 @@ for _dataset in (
         "detect",
         "Fashion-MNIST objects with exact masks pasted onto real photographs; unseen photographs in test",
         SyntheticScenes(),
+        (
+            arg("--scenes", type=int, metavar="N", help="training scenes to compose"),
+            arg("--image-size", type=int, metavar="PX", help="side of the square scenes"),
+        ),
+    ),
+    Dataset(
+        "synth-captions",
+        "caption",
+        "Fashion-MNIST objects on photographs, five grammar captions each (objects, colours, sizes, counts, "
+        "relations, backgrounds); unseen objects, photographs and combinations in test",
+        SyntheticCaptions(),
         (
             arg("--scenes", type=int, metavar="N", help="training scenes to compose"),
             arg("--image-size", type=int, metavar="PX", help="side of the square scenes"),

@@ -104,4 +104,16 @@ def count_parameters(model: nn.Module) -> int:
 
 def _ensure_loaded() -> None:
     # The families are listed explicitly (no folder scanning); importing them registers their builders.
-    from lamina.models import densenet, detection, lenet, mlp, resnet, rnn, seq2seq, speech, text, vgg  # noqa: F401
+    from lamina.models import (  # noqa: F401
+        caption,
+        densenet,
+        detection,
+        lenet,
+        mlp,
+        resnet,
+        rnn,
+        seq2seq,
+        speech,
+        text,
+        vgg,
+    )

@@ -60,7 +60,15 @@ def _load() -> None:
     _loaded.append(True)
     from importlib.metadata import entry_points
 
-    from lamina.tasks import classify, detect, lm, read, transcribe, translate  # noqa: F401  (each registers itself)
+    from lamina.tasks import (  # noqa: F401  (each registers itself)
+        caption,
+        classify,
+        detect,
+        lm,
+        read,
+        transcribe,
+        translate,
+    )
 
     for entry in entry_points(group="lamina.tasks"):
         try:
