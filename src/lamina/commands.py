@@ -77,3 +77,10 @@ class Verb:
     def defaults(self, implementation: Callable) -> dict[str, Any]:
         """Keyword defaults of the implementing method, to show in the help."""
         return {p.name: p.default for p in inspect.signature(implementation).parameters.values()}
+
+
+# The options of every verb that searches for an output sequence (lamina.models.decoding).
+SEARCH_ARGS = (
+    arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)"),
+    arg("--length-penalty", type=float, metavar="A", help="hypotheses are scored by log-probability / length**A"),
+)

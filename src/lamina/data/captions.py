@@ -394,15 +394,6 @@ class CaptionSet:
     def n_samples(self) -> int:  # as a stream the engine evaluates (lamina.engine.loop.BatchStream)
         return len(self.captions)
 
-    def subset(self, rows: list[int]) -> CaptionSet:
-        return CaptionSet(
-            self.images[rows],
-            [self.captions[i] for i in rows],
-            [self.names[i] for i in rows],
-            [self.objects[i] for i in rows] if self.objects is not None else None,
-            [self.groups[i] for i in rows] if self.groups else [],
-        )
-
 
 @dataclass
 class Listing:

@@ -30,6 +30,18 @@ class Hypothesis:
     attention: torch.Tensor | None  # (len(tokens) + 1, S) weights over the source, EOS step included
 
 
+def check_search(beam: int, length_penalty: float) -> None:
+    """A usage error for a beam width or length penalty the search cannot take."""
+    import math
+
+    from lamina.errors import UsageError
+
+    if beam < 1:
+        raise UsageError("--beam must be at least 1 (1: greedy search)")
+    if not math.isfinite(length_penalty) or length_penalty < 0:
+        raise UsageError("--length-penalty must be a number >= 0 (0: none; 1: mean log-probability per token)")
+
+
 def _select(state: State, rows: torch.Tensor) -> State:
     return tuple(s[:, rows] for s in state) if isinstance(state, tuple) else state[:, rows]  # type: ignore[return-value]
 

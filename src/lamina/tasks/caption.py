@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lamina import metrics
-from lamina.commands import Verb, arg
+from lamina.commands import SEARCH_ARGS, Verb, arg
 from lamina.config import POSITIVE, DataConfig, setting
 from lamina.data import captions
 from lamina.data.images import channel_stats, load_image
@@ -39,10 +39,6 @@ from lamina.tasks.base import Prepared, Task
 EVAL_BATCH = 64  # images per decoding batch (times the beam width in hypotheses)
 GALLERY = 6  # test images drawn with their attention by `lamina evaluate`
 
-SEARCH_ARGS = (
-    arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)"),
-    arg("--length-penalty", type=float, metavar="A", help="hypotheses are scored by log-probability / length**A"),
-)
 CAPTION = Verb(
     "caption",
     "describe images in words with a caption run",
@@ -329,7 +325,7 @@ class CaptionTask(Task):
         """The scores on a split (all of it, and on synthetic scenes by number of objects and
         compositional against familiar), attention grounding, captions-<split>.tsv (each caption
         beside its references) and gallery.png (the first images, each word's attention)."""
-        check_search(beam, length_penalty)
+        decoding.check_search(beam, length_penalty)
         self.use_meta(meta)
         if not self.has_split(data, split):
             raise LaminaError(f"{data} has no {split} split")
@@ -391,7 +387,7 @@ class CaptionTask(Task):
         training saw it: {'results': [{'input', 'caption', 'score', 'words', 'seconds'}]}; with
         attention=True each also has the (h x w) weights of each word; show_attention=FILE.png draws
         them. A bad image gets {'input', 'error'} and the others go on."""
-        check_search(beam, length_penalty)
+        decoding.check_search(beam, length_penalty)
         self.use_meta(meta)
         size = self.cfg.data.image_size
         started, results = time.perf_counter(), []
@@ -452,10 +448,3 @@ class CaptionTask(Task):
                 print(f"wrote {r['plot']}", file=sys.stderr)
 
     render_predict = render_caption
-
-
-def check_search(beam: int, length_penalty: float) -> None:
-    if beam < 1:
-        raise UsageError("--beam must be at least 1 (1: greedy search)")
-    if not np.isfinite(length_penalty) or length_penalty < 0:
-        raise UsageError("--length-penalty must be a number >= 0 (0: none; 1: mean log-probability per word)")

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina import metrics
-from lamina.commands import Verb, arg
+from lamina.commands import SEARCH_ARGS, Verb, arg
 from lamina.config import DataConfig, setting
 from lamina.data import parallel
 from lamina.data.batching import pack_by_length, pad
 from lamina.data.vocab import EOS, PAD, Tokenizer
 from lamina.engine.checkpoint import atomic_write
 from lamina.engine.loop import StepOutput
-from lamina.errors import LaminaError, UsageError, warn
+from lamina.errors import LaminaError, warn
 from lamina.models import decoding
 from lamina.tasks import register_task
 from lamina.tasks.base import Prepared, Task
@@ -68,10 +68,6 @@ class TranslateData(DataConfig):
     )
 
 
-SEARCH_ARGS = (
-    arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)"),
-    arg("--length-penalty", type=float, metavar="A", help="hypotheses are scored by log-probability / length**A"),
-)
 TRANSLATE = Verb(
     "translate",
     "translate sentences with a translate run (the lines of stdin when no TEXT is given)",
@@ -239,7 +235,7 @@ class TranslateTask(Task):
         """BLEU and chrF (overall and by source length), loss and perplexity on a split of the run's own
         corpus (or of another gettext language), or on every pair of a TSV file; writes the
         translations next to their references."""
-        check_search(beam, length_penalty)
+        decoding.check_search(beam, length_penalty)
         if data.startswith("gettext:") or self.normalise_data(data) == self.cfg.data.name:
             pairs = self.load_corpus(data).split(split)
         else:
@@ -307,7 +303,7 @@ class TranslateTask(Task):
         each result also has 'source_pieces', 'target_pieces' and the weights (target x source);
         show_attention=FILE.png draws the first sentence's. Empty texts give empty translations;
         texts longer than the model was trained on are cut, with a warning."""
-        check_search(beam, length_penalty)
+        decoding.check_search(beam, length_penalty)
         started = time.perf_counter()
         tok, limit = self.tokenizer, meta.get("longest_source", meta.get("max_tokens", 100))
         results: list[dict[str, Any]] = [{"input": text, "translation": ""} for text in texts]
@@ -403,10 +399,3 @@ def decode_batches(sources: list[list[int]], beam: int) -> list[list[int]]:
         return len(rows) * beam * width * max_output_tokens(width)
 
     return pack_by_length(ids, EVAL_BATCH, cells, DECODE_CELLS)
-
-
-def check_search(beam: int, length_penalty: float) -> None:
-    if beam < 1:
-        raise UsageError("--beam must be at least 1 (1: greedy search)")
-    if not math.isfinite(length_penalty) or length_penalty < 0:
-        raise UsageError("--length-penalty must be a number >= 0 (0: none; 1: mean log-probability per subword)")
