@@ -388,31 +388,110 @@ def manifest_splits(path: Path, val_path: str = "") -> dict[str, list[Example]]:
     return {"train": train, "val": val, "test": []}
 
 
-def load_features(examples: list[Example], what: str) -> tuple[list[torch.Tensor], list[Example]]:
+FEATURE_CACHE_VERSION = 1
+
+
+def load_features(
+    examples: list[Example], what: str, cache: Path | None = None, workers: int | None = None
+) -> tuple[list[torch.Tensor], list[Example]]:
     """Log-mel features (fp16, to halve the memory) of the readable examples; unreadable or silent
-    files are reported once and left out."""
-    feats, kept, bad = [], [], []
-    for ex in working(examples, f"log-mel features of {len(examples):,} {what} utterances"):
+    files are reported once and left out.
+
+    With `cache` (a folder), the features are computed once and kept there in one file per list of
+    examples, keyed by the feature settings (lamina.data.audio.FEATURES) and each file's path, size
+    and modification time: any change computes them afresh. The file is memory-mapped when read, so
+    the processes of a torchrun job share its pages."""
+    if cache is not None:
+        key = _feature_key(examples)
+        path = cache / f"{key}.pt"
+        if path.is_file():
+            try:
+                saved = torch.load(path, mmap=True, weights_only=True)
+                return _unpack(saved, examples, what)
+            except (RuntimeError, OSError, EOFError, KeyError, ValueError):
+                warn(f"{path}: unreadable feature cache, computing the features again")
+    started = time.perf_counter()
+    chunks = [examples[i : i + 64] for i in range(0, len(examples), 64)]
+    jobs = [(i, [(str(ex.path), bool(ex.text)) for ex in chunk]) for i, chunk in enumerate(chunks)]
+    done = _map(_features_of, jobs, workers if len(examples) > 256 else 1)
+    parts = dict(working(done, f"log-mel features of {len(examples):,} {what} utterances, in 64s", len(jobs)))
+    results: list = [r for i in range(len(jobs)) for r in parts[i]]
+    flat = [torch.from_numpy(r) for r in results if not isinstance(r, str)]
+    kept = torch.tensor([i for i, r in enumerate(results) if not isinstance(r, str)], dtype=torch.long)
+    saved = {
+        "feats": torch.cat(flat) if flat else torch.zeros(0, audio.N_MELS, dtype=torch.float16),
+        "offsets": torch.tensor([0, *np.cumsum([f.shape[0] for f in flat]).tolist()], dtype=torch.long),
+        "kept": kept,
+        "bad": [r for r in results if isinstance(r, str)],
+    }
+    if cache is not None and flat:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(saved, tmp)
+        os.replace(tmp, path)  # whole or absent: another process may be reading or writing it too
+        note(f"log-mel features of {what} cached in {path} ({time.perf_counter() - started:.0f} s to compute)")
+    return _unpack(saved, examples, what)
+
+
+def _feature_key(examples: list[Example]) -> str:
+    h = hashlib.sha256(json.dumps({"version": FEATURE_CACHE_VERSION, **audio.FEATURES}, sort_keys=True).encode())
+    for ex in examples:
         try:
-            wave = audio.read_audio(ex.path)
+            st = ex.path.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{ex.path}\t{stamp}\t{bool(ex.text)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
+def _features_of(job: tuple[int, list[tuple[str, bool]]]) -> tuple[int, list[np.ndarray | str]]:
+    """(chunk number, the features (fp16) of each file of the chunk, or why it is left out). NumPy
+    arrays, not tensors: torch passes tensors between processes as file descriptors, thousands of them."""
+    torch.set_num_threads(1)  # one process per core
+    out: list[np.ndarray | str] = []
+    number, files = job
+    for path, has_text in files:
+        try:
+            wave = audio.read_audio(path)
         except LaminaError as exc:
-            bad.append(str(exc))
+            out.append(str(exc))
             continue
-        if audio.is_silent(wave) or not ex.text:
-            bad.append(f"{ex.path}: {'silent' if ex.text else 'empty transcript'}")
+        if audio.is_silent(wave) or not has_text:
+            out.append(f"{path}: {'silent' if has_text else 'empty transcript'}")
             continue
-        feats.append(audio.log_mel(wave).half())
-        kept.append(ex)
+        out.append(audio.log_mel(wave).half().numpy())
+    return number, out
+
+
+def _unpack(saved: dict, examples: list[Example], what: str) -> tuple[list[torch.Tensor], list[Example]]:
+    flat, offsets, bad = saved["feats"], saved["offsets"].tolist(), saved["bad"]
+    feats = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+    kept = [examples[i] for i in saved["kept"].tolist()]
     if bad:
         warn(f"left out {len(bad)} of {len(examples)} {what} utterances: {bad[0]}" + (" ..." if len(bad) > 1 else ""))
     return feats, kept
+
+
+def lm_text(root: Path) -> Path:
+    """A text for `lamina train lm` that helps transcribe this corpus honestly: every training-bucket
+    sentence of the synth-speech sentence pool, one a line, normalised as transcripts are; no
+    validation or test sentence is in it (sentences are split by a hash of their text)."""
+    path = root / "lm-train.txt"
+    if not path.is_file():
+        pool = sentence_pool()
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text("".join(f"{text}\n" for text, _ in pool["train"]), encoding="utf-8")
+        os.replace(tmp, path)
+    return path
 
 
 class SpeechBatches(LengthBatches):
     """Batches of (features (B, T, F), frames (B,), target input (B, L), target output (B, L)).
 
     Training batches group utterances of similar duration (length buckets), with SpecAugment drawn
-    from (seed, epoch, batch): a resumed run sees the same batches. Evaluation batches are sorted by
+    from (seed, epoch, batch): a resumed run sees the same batches; with sorta_grad the first epoch
+    is sorted short to long. Evaluation batches are sorted by
     duration.
     """
 
@@ -426,10 +505,20 @@ class SpeechBatches(LengthBatches):
         seed: int = 0,
         device: torch.device | str = "cpu",
         augment: bool = False,
+        sorta_grad: bool = False,
     ):
         super().__init__([f.shape[0] for f in feats], batch_size, train=train, seed=seed)
         self.feats, self.examples, self.device, self.augment = feats, examples, device, augment
+        self.sorta_grad = sorta_grad
         self.targets = [audio.encode_text(ex.text) for ex in examples]
+
+    def order(self, index: int) -> list[list[int]]:
+        """With sorta_grad, the first training epoch goes from the shortest batches to the longest
+        (SortaGrad, Amodei et al. 2016: short utterances align first, and teach the long ones)."""
+        batches = super().order(index)
+        if self.train and self.sorta_grad and index == 0:
+            batches = sorted(batches, key=lambda rows: max(self.keys[i] for i in rows))
+        return batches
 
     def collate(self, rows: list[int], generator: torch.Generator | None = None):
         lengths = torch.tensor([self.feats[i].shape[0] for i in rows])

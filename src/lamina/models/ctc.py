@@ -5,7 +5,7 @@ trained by summing over every alignment of the transcript to the frames.
     greedy      best path: the most likely symbol per frame, repeats merged, blanks removed
     beam        prefix beam search, summing the alignments of each prefix
 
-Speech recognition uses it now and scene-text recognition next. The blank is id 0, lamina's PAD
+Speech and scene-text recognition use it. The blank is id 0, lamina's PAD
 (lamina.data.vocab), which no transcript contains.
 """
 
@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lamina.data.vocab import EOS, PAD
+from lamina.data.vocab import BOS, EOS, PAD
 from lamina.models.decoding import Hypothesis
 
 BLANK = PAD
@@ -46,13 +46,20 @@ def greedy(log_probs: torch.Tensor, frames: torch.Tensor) -> list[Hypothesis]:
     return out
 
 
-def beam(log_probs: torch.Tensor, frames: int, width: int, prune: float = -12.0) -> Hypothesis:
+def beam(
+    log_probs: torch.Tensor, frames: int, width: int, prune: float = -12.0, lm=None, lm_weight: float = 0.0
+) -> Hypothesis:
     """Prefix beam search of one utterance (T, V): keeps the `width` most likely prefixes, each with
     the probability of its alignments ending in a blank and in its last symbol, so that alignments
     of the same text are summed rather than competing. Symbols below exp(prune) at a frame are not
-    extended (they cannot win and would cost a Python loop each)."""
+    extended (they cannot win and would cost a Python loop each).
+
+    With a language model (a lamina.models.fusion.CharLM), prefixes are ranked by their CTC
+    log-probability + lm_weight * the LM's log-probability of the prefix (shallow fusion), and the
+    finished transcript by that plus the LM's probability of ending there."""
     lp = log_probs[:frames].float().cpu()
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix -> (ends in blank, in symbol)
+    scorer = _PrefixLM(lm, lm_weight) if lm is not None and lm_weight else None
     for t in range(lp.shape[0]):
         row = lp[t]
         candidates = [int(c) for c in torch.nonzero(row > prune).flatten()] or [int(row.argmax())]
@@ -73,17 +80,67 @@ def beam(log_probs: torch.Tensor, frames: int, width: int, prune: float = -12.0)
                     add(prefix + (c,), symbol=pb + p)  # after a blank: a new occurrence
                 else:
                     add(prefix + (c,), symbol=total + p)
-        ranked = sorted(((k, (v[0], v[1])) for k, v in nxt.items()), key=lambda kv: -_logadd(*kv[1]))
-        beams = dict(ranked[:width])
-    best = max(beams.items(), key=lambda kv: _logadd(*kv[1]))
-    return Hypothesis(list(best[0]), _logadd(*best[1]), None)
+        bonus = scorer.score if scorer is not None else (lambda prefix: 0.0)
+        ranked = sorted(nxt.items(), key=lambda kv: -(_logadd(*kv[1]) + bonus(kv[0])))
+        beams = {k: (v[0], v[1]) for k, v in ranked[:width]}
+        if scorer is not None:
+            scorer.extend(list(beams))
+
+    def final(kv) -> float:
+        return _logadd(*kv[1]) + (scorer.score(kv[0]) + scorer.end(kv[0]) if scorer is not None else 0.0)
+
+    best = max(beams.items(), key=final)
+    return Hypothesis(list(best[0]), final(best), None)
 
 
-def decode(log_probs: torch.Tensor, frames: torch.Tensor, width: int = 1) -> list[Hypothesis]:
-    """Greedy for width 1, else prefix beam search, for every row of (N, T, V)."""
+class _PrefixLM:
+    """The weighted LM log-probability of each prefix, with the LM's next-character distribution
+    of each prefix in the beam computed once, the new prefixes of a frame in one batch."""
+
+    def __init__(self, lm, weight: float):
+        self.lm, self.weight = lm, weight
+        logp, state = lm.step(torch.tensor([BOS]), lm.initial_state(1))
+        self.next = {(): (logp[0].tolist(), state)}  # prefix -> (log-probs of its next characters, LM state)
+        self.scores = {(): 0.0}
+
+    def score(self, prefix: tuple[int, ...]) -> float:
+        if prefix not in self.scores:  # a one-character extension of a prefix whose next is known
+            self.scores[prefix] = self.scores[prefix[:-1]] + self.weight * self.next[prefix[:-1]][0][prefix[-1]]
+        return self.scores[prefix]
+
+    def end(self, prefix: tuple[int, ...]) -> float:
+        return self.weight * self.next[prefix][0][EOS]
+
+    def extend(self, prefixes: list[tuple[int, ...]]) -> None:
+        new = [p for p in prefixes if p not in self.next]
+        if not new:
+            return
+        parents = [self.next[p[:-1]][1] for p in new]
+        state = _cat_states(parents)
+        logp, state = self.lm.step(torch.tensor([p[-1] for p in new]), state)
+        rows = logp.tolist()
+        for i, p in enumerate(new):
+            self.next[p] = (rows[i], _row_state(state, i))
+
+
+def _cat_states(states: list):
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat([s[k] for s in states], 1) for k in range(len(states[0])))
+    return torch.cat(states, 1)
+
+
+def _row_state(state, i: int):
+    return tuple(s[:, i : i + 1] for s in state) if isinstance(state, tuple) else state[:, i : i + 1]
+
+
+def decode(
+    log_probs: torch.Tensor, frames: torch.Tensor, width: int = 1, lm=None, lm_weight: float = 0.0
+) -> list[Hypothesis]:
+    """Greedy for width 1, else prefix beam search (with a language model, if given), for every row
+    of (N, T, V)."""
     if width <= 1:
         return greedy(log_probs, frames)
-    return [beam(log_probs[i], int(frames[i]), width) for i in range(len(frames))]
+    return [beam(log_probs[i], int(frames[i]), width, lm=lm, lm_weight=lm_weight) for i in range(len(frames))]
 
 
 def _logadd(a: float, b: float) -> float:

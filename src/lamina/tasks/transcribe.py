@@ -52,20 +52,62 @@ class TranscribeData(DataConfig):
         20000, f"training utterances synthesized for {speech.NAME}", check=(lambda v: v >= 1, "must be at least 1")
     )
     spec_augment: bool = setting(True, "time and frequency masks on training features")
+    sorta_grad: bool = setting(False, "the first epoch sorted from the shortest utterances to the longest")
 
 
+def load_lm(run: str | None, device: torch.device):
+    """A `lamina train lm` run as a CharLM over the transcripts' characters, or None."""
+    if not run:
+        return None
+    from lamina.api import load
+    from lamina.models.fusion import CharLM
+
+    loaded = load(run, device=str(device))
+    if loaded.task.name != "lm":
+        raise UsageError(f"--lm takes a language-model run (lamina train lm), not a {loaded.task.name} run")
+    try:
+        return CharLM(loaded.model, loaded.meta["vocab"], audio.CHARS, audio.TRANSCRIPTS.offset, audio.VOCAB)
+    except LaminaError as exc:
+        raise LaminaError(f"{run}: {exc}") from None
+
+
+LM_WEIGHT = 0.3  # of a language model given without --lm-weight
+
+
+def decoding_options(beam: int, ctc_weight: float | None, lm: str | None, lm_weight: float | None):
+    """recognize's keyword arguments, the usage checked (the LM itself is loaded by the task)."""
+    check_beam(beam)
+    if ctc_weight is not None and not 0 <= ctc_weight <= 1:
+        raise UsageError(f"--ctc-weight must be in [0, 1], not {ctc_weight:g}")
+    if lm_weight is not None and not lm:
+        raise UsageError("--lm-weight needs --lm RUN (a lamina train lm run)")
+    if lm_weight is not None and not lm_weight >= 0:
+        raise UsageError(f"--lm-weight must be a number >= 0, not {lm_weight}")
+    return {"ctc_weight": ctc_weight, "lm_weight": (LM_WEIGHT if lm_weight is None else lm_weight) if lm else 0.0}
+
+
+DECODING = (
+    arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)"),
+    arg(
+        "--ctc-weight",
+        type=float,
+        metavar="L",
+        help="joint: weight of the CTC prefix score against the attention decoder's (default 0.3; 0: attention only)",
+    ),
+    arg("--lm", metavar="RUN", help="shallow fusion with a character language model (a lamina train lm run)"),
+    arg("--lm-weight", type=float, metavar="W", help="weight of the language model's log-probabilities"),
+)
 TRANSCRIBE = Verb(
     "transcribe",
     "transcribe audio files (WAV, FLAC, OGG) with a transcribe run",
     (
         arg("files", nargs="+", metavar="FILE"),
-        arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)"),
+        *DECODING,
         arg("--show-attention", metavar="FILE.png", help="las, joint: draw the alignment of the first file"),
     ),
     returns="{results: [{input, transcript, audio_seconds, seconds, real_time_factor}], beam, seconds, "
     "audio_seconds, real_time_factor, plots}",
 )
-BEAM = arg("--beam", type=int, metavar="N", help="beam width (1: greedy search)")
 
 
 @register_task
@@ -75,7 +117,7 @@ class TranscribeTask(Task):
     Data = TranscribeData
     monitor = ("wer", "min")
     defaults = {
-        "model.name": "las",
+        "model.name": "ctc",
         "optim.name": "adamw",
         "optim.lr": 1e-3,
         "optim.weight_decay": 0.01,
@@ -91,14 +133,15 @@ class TranscribeTask(Task):
     data_model_args = ("vocab_size", "n_mels")
     resume_keys = ("vocab", "features")
     verbs = (TRANSCRIBE,)
-    predict_args = (BEAM,)
-    evaluate_args = (BEAM,)
+    predict_args = DECODING
+    evaluate_args = DECODING
     libraries = ("jiwer", "soundfile", "soxr")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._splits: dict[str, dict[str, list[Example]]] = {}
         self._root = Path()  # the synth-speech folder, once built or found
+        self._lm: dict[str, Any] = {}  # --lm run -> its CharLM, loaded once
 
     # ----- data ---------------------------------------------------------------------------------
     def splits(self, data: str | None = None) -> dict[str, list[Example]]:
@@ -130,7 +173,7 @@ class TranscribeTask(Task):
     def prepare(self, previous_meta: dict[str, Any] | None = None) -> Prepared:
         d, t = self.cfg.data, self.cfg.train
         splits = self.splits()
-        feats, train = speech.load_features(splits["train"], "training")
+        feats, train = speech.load_features(splits["train"], "training", self.feature_cache())
         if not train:
             raise LaminaError(f"{d.name} gives no usable training utterances")
         longest = max(f.shape[0] for f in feats) / 100.0
@@ -148,6 +191,7 @@ class TranscribeTask(Task):
             seed=t.seed,
             device=self.device,
             augment=d.spec_augment,
+            sorta_grad=d.sorta_grad,
         )
         return Prepared(
             train=train_batches,
@@ -157,8 +201,14 @@ class TranscribeTask(Task):
             model_args={"vocab_size": audio.VOCAB, "n_mels": audio.N_MELS},
         )
 
+    def feature_cache(self) -> Path:
+        """Where features are kept: beside the synth-speech corpus, else in $LAMINA_HOME/features."""
+        from lamina.data.sources import lamina_home
+
+        return self._root / "features" if self._root != Path() else lamina_home() / "features"
+
     def batches(self, examples: list[Example], what: str) -> SpeechBatches:
-        feats, kept = speech.load_features(examples, what)
+        feats, kept = speech.load_features(examples, what, self.feature_cache())
         if not kept:
             raise LaminaError(f"no usable {what} utterances")
         return SpeechBatches(feats, kept, EVAL_BATCH, device=self.device)
@@ -183,10 +233,15 @@ class TranscribeTask(Task):
         refs = [ex.text for ex in batches.examples]
         return {"loss": loss, "wer": metrics.wer(refs, outs), "cer": metrics.cer(refs, outs)}
 
+    def lm(self, run: str | None):
+        if run and run not in self._lm:
+            self._lm[run] = load_lm(run, self.device)
+        return self._lm.get(run) if run else None
+
     @torch.no_grad()
-    def decode(self, model: nn.Module, batches: SpeechBatches, beam: int) -> tuple[float, list[str]]:
+    def decode(self, model: nn.Module, batches: SpeechBatches, beam: int, **decoding) -> tuple[float, list[str]]:
         """(mean loss, one transcript per utterance) of the whole stream; each process decodes its
-        share of the batches."""
+        share of the batches. `decoding`: recognize's ctc_weight, lm and lm_weight."""
         model.eval()
         parts = []
         for rows, (feats, lengths, tgt_in, tgt_out) in zip(
@@ -194,7 +249,7 @@ class TranscribeTask(Task):
         ):
             with self.precision.autocast():
                 _, loss = model(feats, lengths, tgt_in, tgt_out)
-            texts = [audio.decode_ids(h.tokens) for h in model.recognize(feats, lengths, beam=beam)]
+            texts = [transcript(h.tokens) for h in model.recognize(feats, lengths, beam=beam, **decoding)]
             parts.append((float(loss) * len(rows), rows, texts))
         outs = [""] * batches.n_samples
         total = 0.0
@@ -205,11 +260,20 @@ class TranscribeTask(Task):
         return total / max(batches.n_samples, 1), outs
 
     def report(
-        self, model: nn.Module, meta: dict[str, Any], data: str, split: str, out_dir: Path, beam: int = 1
+        self,
+        model: nn.Module,
+        meta: dict[str, Any],
+        data: str,
+        split: str,
+        out_dir: Path,
+        beam: int = 1,
+        ctc_weight: float | None = None,
+        lm: str | None = None,
+        lm_weight: float | None = None,
     ) -> dict[str, Any]:
         """WER and CER on a split of the run's corpus (or every line of another manifest), overall, per
         noise level and per group of voices; writes each transcript next to its reference."""
-        check_beam(beam)
+        decoding = {**decoding_options(beam, ctc_weight, lm, lm_weight), "lm": self.lm(lm)}
         own = data == speech.NAME or self.normalise_data(data) == self.cfg.data.name
         if own:
             examples = self.splits(data)[split]
@@ -219,7 +283,7 @@ class TranscribeTask(Task):
             raise LaminaError(f"{data} ({split}) holds no utterances")
         batches = self.batches(examples, split)
         started = time.perf_counter()
-        loss, outs = self.decode(model, batches, beam)
+        loss, outs = self.decode(model, batches, beam, **decoding)
         seconds = time.perf_counter() - started
         refs = [ex.text for ex in batches.examples]
         result: dict[str, Any] = {"loss": loss, "wer": metrics.wer(refs, outs), "cer": metrics.cer(refs, outs)}
@@ -241,7 +305,13 @@ class TranscribeTask(Task):
             "split": split,
             "n": len(batches.examples),
             "metrics": result,
-            "decoding": {"search": "beam" if beam > 1 else "greedy", "beam": beam},
+            "decoding": {
+                "search": "beam" if beam > 1 else "greedy",
+                "beam": beam,
+                "ctc_weight": getattr(model, "decode_ctc_weight", 1.0) if ctc_weight is None else ctc_weight,
+                "lm": lm,
+                "lm_weight": decoding["lm_weight"],
+            },
             "files": [str(written)],
         }
 
@@ -253,6 +323,9 @@ class TranscribeTask(Task):
         meta: dict[str, Any],
         files: list,
         beam: int = 1,
+        ctc_weight: float | None = None,
+        lm: str | None = None,
+        lm_weight: float | None = None,
         attention: bool = False,
         show_attention: str | None = None,
     ) -> dict[str, Any]:
@@ -261,9 +334,9 @@ class TranscribeTask(Task):
         'array' and 'sampling_rate'. With attention=True results also hold 'attention' (characters x
         listener frames) and 'characters'; show_attention=FILE.png draws the first one's. A bad input
         gets {'input', 'error'} and the others go on; inputs longer than the model was trained on are
-        transcribed in chunks cut at quiet moments."""
-        check_beam(beam)
+        transcribed in chunks cut at quiet moments. ctc_weight, lm and lm_weight: as recognize's."""
         check_features(meta)
+        decoding = {**decoding_options(beam, ctc_weight, lm, lm_weight), "lm": self.lm(lm)}
         model.eval()
         chunk = max(4.0, CHUNK_FACTOR * float(meta.get("longest_seconds", 10.0)))
         results, plots, started_all = [], [], time.perf_counter()
@@ -289,8 +362,9 @@ class TranscribeTask(Task):
             texts, alignment = [], None
             for piece in pieces:
                 feats = audio.log_mel(piece)[None].to(self.device)
-                h = model.recognize(feats, torch.tensor([feats.shape[1]], device=self.device), beam=beam)[0]
-                texts.append(audio.decode_ids(h.tokens))
+                frames = torch.tensor([feats.shape[1]], device=self.device)
+                h = model.recognize(feats, frames, beam=beam, **decoding)[0]
+                texts.append(transcript(h.tokens))
                 if alignment is None and h.attention is not None:
                     ended = h.attention.shape[0] == len(h.tokens) + 1
                     characters = [audio.decode_ids([t]) or " " for t in h.tokens] + (["</s>"] if ended else [])
@@ -361,6 +435,11 @@ class TranscribeTask(Task):
     @classmethod
     def render_predict(cls, result: dict[str, Any], out: TextIO) -> None:
         cls.render_transcribe(result, out, named=True)
+
+
+def transcript(tokens: list[int]) -> str:
+    """The characters of a hypothesis, one space between words (CTC may emit two in a row)."""
+    return " ".join(audio.decode_ids(tokens).split())
 
 
 def check_beam(beam: int) -> None:
