@@ -76,6 +76,21 @@ def test_las_frontend_option_keeps_the_pyramidal_listener():
         get_model("transcribe", "las", vocab_size=audio.VOCAB, n_mels=16, frontend="vgg")
 
 
+def test_ctc_weights_from_before_the_shared_front_end_still_load():
+    from lamina.tasks.transcribe import TranscribeTask
+
+    model = get_model("transcribe", "ctc", vocab_size=audio.VOCAB, n_mels=16, hidden=32)
+    old = {
+        k.replace("subsample.convs.", "subsample.").replace("subsample.project.", "project."): v
+        for k, v in model.state_dict().items()
+    }
+    assert "subsample.0.weight" in old and "project.weight" in old
+    upgraded = TranscribeTask.upgrade_state(None, old, {})
+    model.load_state_dict(upgraded)  # strict: every key found
+    current = model.state_dict()
+    assert TranscribeTask.upgrade_state(None, current, {}) is current  # today's weights pass as they are
+
+
 # ----- the feature cache ---------------------------------------------------------------------------
 def some_files(folder: Path, n: int = 5) -> list[speech.Example]:
     folder.mkdir(parents=True, exist_ok=True)

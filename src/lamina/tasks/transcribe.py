@@ -220,6 +220,21 @@ class TranscribeTask(Task):
     def views(self) -> int:
         return DECODE_COST
 
+    def upgrade_state(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """ctc runs from before the shared front end kept its convolutions and projection at the top."""
+        if "subsample.0.weight" not in state:
+            return state
+        renamed = {
+            "subsample.0.": "subsample.convs.0.",
+            "subsample.2.": "subsample.convs.2.",
+            "project.": "subsample.project.",
+        }
+        out = {}
+        for key, value in state.items():
+            old = next((o for o in renamed if key.startswith(o)), None)
+            out[renamed[old] + key[len(old) :] if old else key] = value
+        return out
+
     # ----- loss and metrics -----------------------------------------------------------------------
     def step(self, model: nn.Module, batch) -> StepOutput:
         feats, lengths, tgt_in, tgt_out = batch
