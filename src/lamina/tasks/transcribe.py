@@ -149,6 +149,7 @@ class TranscribeTask(Task):
         if name not in self._splits:
             if name == speech.NAME:
                 self._root = speech.build(d.utterances, seed=0)
+                speech.lm_text(self._root)  # the text for an honest LM to fuse with (written once)
                 self._splits[name] = speech.synth_splits(self._root)
             elif Path(name).expanduser().is_dir():
                 self._splits[name] = speech.folder_splits(Path(name).expanduser())
