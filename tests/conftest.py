@@ -136,3 +136,15 @@ def trained_run(tmp_path_factory) -> Path:
     )
     share_read_only("trained_run", base)  # the run and its data
     return Path(summary["run"])
+
+
+@pytest.fixture(scope="session")
+def served_runs(tmp_path_factory) -> Path:
+    """A folder of seven tiny runs, one per task (tests/served.py), that the server tests serve."""
+    from served import build_runs
+
+    base = tmp_path_factory.mktemp("served")
+    with lamina_home(base / "home"):
+        runs = build_runs(base)
+    share_read_only("served_runs", runs)
+    return runs

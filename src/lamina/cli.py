@@ -12,6 +12,7 @@ STARTED = time.monotonic()  # before torch is imported: `--time-budget` counts t
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -76,7 +77,7 @@ def _union(parser: argparse.ArgumentParser, per_task: dict[str, tuple[Arg, ...]]
         for a in args:
             merged.setdefault(a.flags, (a, []))[1].append(task)
     for a, tasks in merged.values():
-        a = Arg(a.flags, {**a.options, "help": f"{a.options.get('help', '')} ({', '.join(tasks)})"}, a.stdin)
+        a = dataclasses.replace(a, options={**a.options, "help": f"{a.options.get('help', '')} ({', '.join(tasks)})"})
         a.add_to(parser)
 
 
@@ -161,6 +162,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("folder", nargs="?", default="runs")
     r.add_argument("--json", action="store_true")
     r.set_defaults(handler=cmd_runs)
+
+    s = sub.add_parser("serve", help="serve runs over HTTP: a JSON API for every verb and a web page")
+    s.add_argument(
+        "runs", nargs="*", default=["runs"], metavar="RUN", help="run directories or folders of runs (default: runs)"
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="server processes, each with every model")
+    s.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="change a limit: body_bytes, image_pixels, audio_seconds, text_chars, inputs, "
+                   "request_seconds, queue, or an option's largest value (length, beam, ...)")  # fmt: skip
+    s.set_defaults(handler=cmd_serve)
 
     d = sub.add_parser("data", help="datasets available here and where they come from")
     dsub = d.add_subparsers(dest="data_command", parser_class=_Parser)
@@ -333,6 +347,14 @@ def cmd_runs(a: argparse.Namespace) -> int:
             f"{r['run'][:32]:32s} {r['task']:10s} {r['model'][:12]:12s} {r['status']:12s} {best:>22s} "
             f"{seconds:>9s}  {r.get('created', '')}"
         )
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from lamina.serve import serve
+    from lamina.serve.limits import Limits, with_overrides
+
+    serve(a.runs, a.host, a.port, a.workers, with_overrides(Limits(), a.limit), a.device)
     return 0
 
 

@@ -4,7 +4,7 @@ A verb is one use of a trained run: ``translate``, ``transcribe``, ``generate``,
 ``predict`` and ``evaluate``. A task declares each verb once (its name, help, arguments as argparse
 takes them) and implements it as a method ``verb(model, meta, **arguments) -> dict``. From that one
 declaration the CLI builds a subcommand, ``Run`` exposes a method and ``lamina.<verb>(run, ...)`` a
-function, and the server (later) an endpoint; none of them names a task. The result is one
+function, and the server an endpoint (lamina.serve); none of them names a task. The result is one
 JSON-ready dict whose shape the verb documents: what ``--json`` prints and what the API returns.
 
 Defaults live in one place, the task method's signature; the CLI shows them in its help and passes
@@ -27,6 +27,11 @@ class Arg:
     flags: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
     stdin: bool = False  # a positional list that reads the lines of standard input when none are given
+    # What a positional list holds ("image", "audio" or "text"): the server takes uploads or texts for it.
+    input: str = ""
+    # The argument names a file or a run on this machine (to read or to write): the server never offers
+    # it, so that no request reaches a path.
+    path: bool = False
 
     @property
     def positional(self) -> bool:
@@ -51,8 +56,8 @@ class Arg:
         parser.add_argument(*self.flags, **options)
 
 
-def arg(*flags: str, stdin: bool = False, **options: Any) -> Arg:
-    return Arg(tuple(flags), options, stdin)
+def arg(*flags: str, stdin: bool = False, input: str = "", path: bool = False, **options: Any) -> Arg:
+    return Arg(tuple(flags), options, stdin, input, path)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ It declares, as class attributes:
     monitor               the validation metric that picks the best checkpoint, and "min" or "max"
     verbs                 what its runs do besides predict and evaluate (commands.Verb)
     predict_args, evaluate_args   options of `lamina predict` and `lamina evaluate` for its runs
+    inputs                what predict reads: "image", "audio" or "text" (how the server takes them)
     resume_keys           meta keys that must not change when a run resumes (its classes, vocabulary)
     data_model_args       model builder arguments the data decides (number of classes, vocabulary size)
     transfer              whether --init RUN (and --freeze) work
@@ -76,6 +77,7 @@ class Task:
     monitor: tuple[str, str] = ("loss", "min")
     verbs: tuple[Verb, ...] = ()
     predict_args: tuple[Arg, ...] = ()
+    inputs: str = ""
     evaluate_args: tuple[Arg, ...] = ()
     resume_keys: tuple[str, ...] = ()
     data_model_args: tuple[str, ...] = ()  # builder arguments the data decides (Prepared.model_args)

@@ -43,13 +43,15 @@ CAPTION = Verb(
     "caption",
     "describe images in words with a caption run",
     (
-        arg("images", nargs="+", metavar="IMAGE"),
+        arg("images", nargs="+", metavar="IMAGE", input="image"),
         *SEARCH_ARGS,
         arg(
             "--show-attention",
             metavar="FILE.png",
+            path=True,
             help="draw, for each word, where the model looked (one file per image: FILE.png, FILE-2.png, ...)",
         ),  # fmt: skip
+        arg("--attention", action="store_true", help="put the attention weights in each result (what --json prints)"),
     ),
     returns="{results: [{input, caption, score, words, seconds[, attention: [[h x w] per word], plot]}], beam, "
     "seconds, captions_per_s}",
@@ -105,6 +107,7 @@ class CaptionTask(Task):
     libraries = ("pycocoevalcap", "sacrebleu")
     verbs = (CAPTION,)
     predict_args = CAPTION.args[1:]
+    inputs = "image"
     evaluate_args = SEARCH_ARGS
 
     def __init__(self, *args, **kwargs):

@@ -64,6 +64,7 @@ class ClassifyTask(Task):
     transfer = True
     libraries = ("torchmetrics",)
     predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely classes to show"),)
+    inputs = "image"
 
     # ----- data ---------------------------------------------------------------------------------
     def load_splits(

@@ -28,9 +28,9 @@ DETECT = Verb(
     "detect",
     "find the objects in images with a detect run: class, score, box and mask of each",
     (
-        arg("images", nargs="+", metavar="IMAGE"),
+        arg("images", nargs="+", metavar="IMAGE", input="image"),
         arg("--threshold", type=float, metavar="P", help="keep objects scored at least P (0 to 1)"),
-        arg("--out", metavar="DIR", help="write each image with its objects drawn on it into DIR"),
+        arg("--out", metavar="DIR", path=True, help="write each image with its objects drawn on it into DIR"),
     ),
     returns="{results: [{input, width, height, objects: [{label, score, box: [x1, y1, x2, y2], area, "
     "mask: COCO RLE}], drawn, seconds}], threshold, seconds}",
@@ -90,6 +90,7 @@ class DetectTask(Task):
     libraries = ("torchmetrics", "pycocotools")
     verbs = (DETECT,)
     predict_args = DETECT.args[1:]
+    inputs = "image"
 
     # ----- data ---------------------------------------------------------------------------------
     def spec(self) -> scenes.SceneSpec:

@@ -88,10 +88,10 @@ GRADIENTS = Verb(
     "gradients",
     "how far back the loss gradient reaches in recurrent language models (lm runs)",
     (
-        arg("runs", nargs="+", metavar="RUN"),
+        arg("runs", nargs="+", metavar="RUN", path=True),
         arg("--steps", type=int, help="time steps back from the loss"),
         arg("--rows", type=int, help="validation windows to average over"),
-        arg("--out", help="plot file"),
+        arg("--out", path=True, help="plot file"),
     ),
     method="gradient_flow_of",
     group="inspect",
@@ -124,6 +124,7 @@ class LanguageModelTask(Task):
     resume_keys = ("vocab",)
     verbs = (GENERATE, GRADIENTS)
     predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely next characters to show"),)
+    inputs = "text"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

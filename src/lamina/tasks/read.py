@@ -45,9 +45,9 @@ READ = Verb(
     "read",
     "find and read the words in images with a read run (a recognizer-only run reads word crops)",
     (
-        arg("images", nargs="+", metavar="IMAGE"),
+        arg("images", nargs="+", metavar="IMAGE", input="image"),
         arg("--beam", type=int, metavar="N", help="prefix beam width of the recognizer (1: best path)"),
-        arg("--out", metavar="DIR", help="write each image with its words drawn on it into DIR"),
+        arg("--out", metavar="DIR", path=True, help="write each image with its words drawn on it into DIR"),
     ),
     returns="{results: [{input, width, height, words: [{polygon: [[x, y] x 4], text, confidence, "
     "detection_score}], text, seconds, drawn}], seconds}; a recognizer-only run: [{input, text, confidence}]",
@@ -111,6 +111,7 @@ class ReadTask(Task):
     libraries = ("shapely", "jiwer")
     verbs = (READ,)
     predict_args = READ.args[1:]
+    inputs = "image"
     evaluate_args = (READ.args[1],)
 
     def __init__(self, *args, **kwargs):

@@ -94,16 +94,17 @@ DECODING = (
         metavar="L",
         help="joint: weight of the CTC prefix score against the attention decoder's (default 0.3; 0: attention only)",
     ),
-    arg("--lm", metavar="RUN", help="shallow fusion with a character language model (a lamina train lm run)"),
+    arg("--lm", metavar="RUN", path=True, help="shallow fusion with a character language model (a lamina lm run)"),
     arg("--lm-weight", type=float, metavar="W", help="weight of the language model's log-probabilities"),
 )
 TRANSCRIBE = Verb(
     "transcribe",
     "transcribe audio files (WAV, FLAC, OGG) with a transcribe run",
     (
-        arg("files", nargs="+", metavar="FILE"),
+        arg("files", nargs="+", metavar="FILE", input="audio"),
         *DECODING,
-        arg("--show-attention", metavar="FILE.png", help="las, joint: draw the alignment of the first file"),
+        arg("--show-attention", metavar="FILE.png", path=True, help="las, joint: draw the alignment of the first file"),
+        arg("--attention", action="store_true", help="put the attention weights in each result (what --json prints)"),
     ),
     returns="{results: [{input, transcript, audio_seconds, seconds, real_time_factor}], beam, seconds, "
     "audio_seconds, real_time_factor, plots}",
@@ -134,6 +135,7 @@ class TranscribeTask(Task):
     resume_keys = ("vocab", "features")
     verbs = (TRANSCRIBE,)
     predict_args = DECODING
+    inputs = "audio"
     evaluate_args = DECODING
     libraries = ("jiwer", "soundfile", "soxr")
 

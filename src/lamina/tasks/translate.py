@@ -72,9 +72,10 @@ TRANSLATE = Verb(
     "translate",
     "translate sentences with a translate run (the lines of stdin when no TEXT is given)",
     (
-        arg("texts", nargs="*", metavar="TEXT", stdin=True),
+        arg("texts", nargs="*", metavar="TEXT", stdin=True, input="text"),
         *SEARCH_ARGS,
-        arg("--show-attention", metavar="FILE.png", help="draw the attention of the first sentence"),
+        arg("--show-attention", metavar="FILE.png", path=True, help="draw the attention of the first sentence"),
+        arg("--attention", action="store_true", help="put the attention weights in each result (what --json prints)"),
     ),
     returns="{results: [{input, translation, score}], beam, length_penalty, seconds, sentences_per_s, plots}",
 )
@@ -104,6 +105,7 @@ class TranslateTask(Task):
     resume_keys = ("vocab_size",)
     verbs = (TRANSLATE,)
     predict_args = SEARCH_ARGS
+    inputs = "text"
     evaluate_args = SEARCH_ARGS
     libraries = ("sacrebleu", "sentencepiece", "polib")
 
