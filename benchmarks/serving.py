@@ -1,0 +1,187 @@
+"""Load test of `lamina serve` on the loopback interface: requests/s and latency percentiles for
+classify and translate at 1, 4 and 16 concurrent clients, and the server's resident memory before
+and after 10,000 requests.
+
+    python -m benchmarks.serving                 # trains two short runs first (about 3 minutes)
+    python -m benchmarks.serving --runs DIR      # serve the runs `classify` and `translate` in DIR
+
+The server is `lamina serve` in its own process (one worker: one inference thread with every core);
+the clients are asyncio tasks on httpx in this process, each sending its next request as soon as
+its last one is answered. Both share this machine's cores, as a server and its local callers would.
+Every point is bounded in requests and in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import append_section, run_lamina, table
+
+CONCURRENCY = (1, 4, 16)
+SENTENCES = ["Open the file", "Save the document as a new file", "The connection to the server was lost",
+             "Delete the selected messages?", "Show hidden files"]  # fmt: skip
+
+
+def train_runs(folder: Path) -> None:
+    """A classifier (Fashion-MNIST, the default vgg-s) and a translator (gettext:fr, attention), briefly."""
+    if not (folder / "classify" / "lamina.json").exists():
+        run_lamina(["train", "classify", "--data", "fashion-mnist", "--time-budget", "60", "--out",
+                    str(folder / "classify"), "--json", "--quiet"])  # fmt: skip
+    if not (folder / "translate" / "lamina.json").exists():
+        run_lamina(["train", "translate", "--data", "gettext:fr", "--time-budget", "120", "--out",
+                    str(folder / "translate"), "--json", "--quiet"])  # fmt: skip
+
+
+def fashion_png() -> bytes:
+    from PIL import Image
+
+    from lamina.data.images import fashion_mnist
+
+    image = fashion_mnist("test").images[0, 0].numpy()  # (28, 28) uint8
+    buffer = io.BytesIO()
+    Image.fromarray(image, "L").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn's workers), in MiB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def start_server(runs: Path, workers: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "lamina", "serve", str(runs / "classify"), str(runs / "translate"),
+               "--port", str(port), "--workers", str(workers), "--limit", "queue=64"]  # fmt: skip
+    server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    server.kill()
+    raise RuntimeError(f"the server did not start: {server.stderr.read().decode()[-500:]}")
+
+
+async def load(url: str, request, clients: int, count: int, seconds: float) -> dict:
+    """`clients` loops sending request(http) back to back until `count` requests or `seconds` pass."""
+    import httpx
+
+    latencies: list[float] = []
+    failures = 0
+    stop_at = time.perf_counter() + seconds
+    sent = 0
+
+    async def client(http):
+        nonlocal sent, failures
+        while sent < count and time.perf_counter() < stop_at:
+            sent += 1
+            t0 = time.perf_counter()
+            response = await request(http)
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                failures += 1
+
+    started = time.perf_counter()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    wall = time.perf_counter() - started
+    ms = sorted(x * 1000 for x in latencies)
+    pick = lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))], 1) if ms else None  # noqa: E731
+    return {"clients": clients, "requests": len(ms), "failed": failures, "seconds": round(wall, 1),
+            "requests_per_s": round(len(ms) / wall, 1), "p50_ms": round(statistics.median(ms), 1) if ms else None,
+            "p95_ms": pick(0.95), "p99_ms": pick(0.99)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", help="a folder holding runs named classify and translate (default: train them)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--count", type=int, default=2000, help="requests per point at most")
+    parser.add_argument("--seconds", type=float, default=20, help="seconds per point at most")
+    parser.add_argument("--memory-requests", type=int, default=10_000)
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    a = parser.parse_args()
+    runs = (
+        Path(a.runs) if a.runs else Path(os.environ.get("LAMINA_HOME", Path.home() / ".cache/lamina")) / "bench-serving"
+    )
+    if not a.runs:
+        train_runs(runs)
+    picture = fashion_png()
+    classify = lambda http: http.post("/runs/classify/predict", files={"inputs": ("shoe.png", picture)})  # noqa: E731
+    counter = iter(range(10**9))
+
+    def translate(http):
+        return http.post("/runs/translate/translate", json={"texts": [SENTENCES[next(counter) % len(SENTENCES)]]})
+
+    server, url = start_server(runs, a.workers)
+    rows = []
+    try:
+        asyncio.run(load(url, classify, 4, 50, 10))  # warm-up: first calls allocate what later ones reuse
+        asyncio.run(load(url, translate, 4, 20, 10))
+        for name, request in (("classify", classify), ("translate", translate)):
+            for clients in CONCURRENCY:
+                row = {"endpoint": name, **asyncio.run(load(url, request, clients, a.count, a.seconds))}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        before = rss_mib(server.pid)
+        memory = asyncio.run(load(url, classify, 4, a.memory_requests, 3600))
+        after = rss_mib(server.pid)
+        memory.update(
+            rss_before_mib=round(before, 1), rss_after_mib=round(after, 1), growth_mib=round(after - before, 1)
+        )
+        print(json.dumps({"memory": memory}), flush=True)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    summary = {"workers": a.workers, "points": rows, "memory": memory}
+    print(json.dumps(summary))
+    if a.no_record:
+        return
+    body = (
+        f"`lamina serve` with {a.workers} worker process{'es' * (a.workers > 1)} on the loopback interface; "
+        f"clients are asyncio httpx tasks in the benchmark's process, sharing the cores. Each point: at most "
+        f"{a.count} requests or {a.seconds:g} s. classify: one 28x28 Fashion-MNIST PNG per request "
+        f"(vgg-s, multipart upload); translate: one short sentence per request (attention model, beam 5).\n\n"
+        + table(rows, ["endpoint", "clients", "requests", "failed", "requests_per_s", "p50_ms", "p95_ms", "p99_ms"])
+        + f"\n\nResident memory of the server: {memory['rss_before_mib']} MiB before and {memory['rss_after_mib']} "
+        f"MiB after {memory['requests']:,} more classify requests (growth {memory['growth_mib']} MiB; "
+        f"{memory['requests_per_s']} requests/s, {memory['failed']} failed).\n"
+    )
+    append_section("Serving: requests/s and latency under load", "python -m benchmarks.serving", body)
+
+
+if __name__ == "__main__":
+    main()
