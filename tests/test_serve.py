@@ -230,6 +230,7 @@ BAD = {
         {"files": {"inputs": ("a.png", png())}, "data": {"top_k": "2.5"}},
         422,
     ),
+    "prompt too long": ("post", "/runs/lm/generate", {"json": {"prompt": "a" * 2001}}, 422),
     "over a generation limit": ("post", "/runs/lm/generate", {"json": {"length": 1_000_000}}, 422),
     "beam over the limit": ("post", "/runs/translate/translate", {"json": {"texts": ["a"], "beam": 1000}}, 422),
     "value the task refuses": ("post", "/runs/lm/generate", {"json": {"length": 5, "temperature": -1}}, 422),
@@ -296,6 +297,12 @@ def test_a_full_queue_answers_503_and_a_slow_request_504(served_runs):
             assert late.status_code == 504 and "1.5 s" in late.json()["error"]
             wait_until_idle(http)  # a request cut short still ends its work, then frees its place
             assert http.post("/runs/translate/translate", json={"texts": ["the cat"]}).status_code == 200
+            # A client that leaves a stream stops its generation (at the next piece, not after 4 s).
+            with http.stream("POST", "/runs/lm/generate", json={"length": 80}) as left:
+                next(left.iter_lines())
+            left_at = time.monotonic()
+            wait_until_idle(http)
+            assert time.monotonic() - left_at < 2.0
 
 
 def wait_until_idle(http, seconds: float = 30) -> None:

@@ -54,7 +54,10 @@ def find_runs(sources: list[str | Path]) -> dict[str, Path]:
         if (path / ckpt.RUN_FILE).is_file():
             candidates = [path]
         elif path.is_dir():
-            candidates = sorted(p for p in path.iterdir() if (p / ckpt.RUN_FILE).is_file())
+            # Runs with weights: one still before its first checkpoint has nothing to serve yet.
+            candidates = sorted(
+                p for p in path.iterdir() if (p / ckpt.RUN_FILE).is_file() and (p / ckpt.WEIGHTS_FILE).is_file()
+            )
             if not candidates:
                 raise LaminaError(f"{path} holds no runs (folders with {ckpt.RUN_FILE})")
         else:
@@ -192,6 +195,10 @@ def parse_options(endpoint: Endpoint, given: dict[str, Any], limits: Limits) -> 
             raise Refused(422, f"option {key!r} must be a {kind.__name__}, not {value!r}") from None
         if "choices" in a.options and value not in a.options["choices"]:
             raise Refused(422, f"option {key!r} must be one of {', '.join(map(str, a.options['choices']))}")
+        if kind is str and len(value) > limits.text_chars:
+            raise Refused(
+                422, f"option {key!r}: {len(value):,} characters, more than the limit of {limits.text_chars:,}"
+            )
         if kind in (int, float) and key in limits.options and value > limits.options[key]:
             raise Refused(422, f"option {key!r} is {value:g}, more than the server's limit of {limits.options[key]:g}")
         options[key] = value
