@@ -148,3 +148,12 @@ def served_runs(tmp_path_factory) -> Path:
         runs = build_runs(base)
     share_read_only("served_runs", runs)
     return runs
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report kept on its test (item.rep_setup, rep_call, rep_teardown), for fixtures that keep
+    artefacts of a failed test (the browser tests' screenshots)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
