@@ -305,6 +305,41 @@ def test_a_full_queue_answers_503_and_a_slow_request_504(served_runs):
             assert time.monotonic() - left_at < 2.0
 
 
+def test_concurrent_requests_are_answered_by_one_call_and_a_bad_one_alone(served_runs):
+    import concurrent.futures
+
+    import httpx
+
+    with LiveServer(served_runs) as server:
+        task = server.app.state.runs["classify"].task
+        calls, predict = [], task.predict
+
+        def slow_predict(model, meta, inputs, **options):
+            calls.append(len(inputs))
+            time.sleep(0.5)
+            return predict(model, meta, inputs, **options)
+
+        task.predict = slow_predict
+        url = f"{server.url}/runs/classify/predict"
+
+        def send(name: str, content: bytes, top_k: int = 2):
+            return httpx.post(url, files={"inputs": (name, content)}, data={"top_k": str(top_k)}, timeout=30)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as threads:
+            first = threads.submit(send, "first.png", png())
+            time.sleep(0.25)  # the first one is running: the others queue behind it
+            good = [threads.submit(send, f"{i}.png", png(20 + i, 20)) for i in range(4)]
+            bad = threads.submit(send, "bad.png", b"not an image")
+            other = threads.submit(send, "other.png", png(), top_k=1)  # other options: another call
+            answers = [f.result() for f in [first, *good]]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        assert [a.json()["results"][0]["input"] for a in answers] == ["first.png", *(f"{i}.png" for i in range(4))]
+        assert bad.result().status_code == 400 and "bad.png" in bad.result().json()["error"]
+        assert other.result().status_code == 200 and len(other.result().json()["results"][0]["predictions"]) == 1
+        assert sorted(calls) == [1, 1, 4], calls  # first; the four together; top_k=1 alone
+        assert answers[1].json()["batch"] == {"requests": 4, "inputs": 4}
+
+
 def wait_until_idle(http, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while http.get("/health").json()["pending"]:

@@ -398,9 +398,20 @@ def create_app(
             if endpoint.stream and options.pop("stream", True):
                 return await streamed(endpoint, items, options)
             try:
-                result = await pool.run(
-                    lambda: endpoint.call(decoded(items, limits), None, **options), limits.request_seconds
-                )
+                if items is not None and limits.batch > 1:
+                    key = (endpoint.path, json.dumps(options, sort_keys=True))
+                    result = await pool.batched(
+                        key,
+                        items,
+                        lambda raw: decoded(raw, limits),
+                        lambda inputs: endpoint.call(inputs, None, **options),
+                        limits.batch,
+                        limits.request_seconds,
+                    )
+                else:
+                    result = await pool.run(
+                        lambda: endpoint.call(decoded(items, limits), None, **options), limits.request_seconds
+                    )
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise

@@ -19,6 +19,9 @@ class Limits:
     inputs: int = 16  # files or texts in one request
     request_seconds: float = 60.0  # a request still running then is answered 504 (a stream is stopped)
     queue: int = 16  # requests waiting or running in one worker process; one more is answered 503
+    # Inputs of concurrent requests (same verb, same options) that one call of the verb may answer
+    # together (1: one call per request).
+    batch: int = 32
     # The largest value of the numeric options that decide how long a verb runs, by option name
     # (`lamina generate --length`, every search's `--beam`, ...).
     options: dict[str, float] = field(

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from lamina.serve.inputs import Refused
@@ -28,6 +29,7 @@ class InferencePool:
         self.pending = 0  # requests accepted and not finished (waiting or running)
         self.lock = threading.Lock()
         self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lamina-inference")
+        self.open: dict[Any, _Batch] = {}  # batches queued and not started, by endpoint and options
 
     def _admit(self) -> None:
         with self.lock:
@@ -88,5 +90,96 @@ class InferencePool:
         finally:
             stop.set()
 
+    async def batched(
+        self, key: Any, items: list, decode: Callable[[list], list], call: Callable[[list], dict], largest: int,
+        seconds: float,
+    ) -> dict:  # fmt: skip
+        """call(decode(items)) on the inference thread, together with the other requests of the same
+        `key` (endpoint and options) that arrived while the thread was busy: one call of the verb for
+        all of them, up to `largest` inputs, each request answered with its own share of the results.
+        Nothing waits on purpose: a batch forms only of requests that would have queued anyway. A
+        request whose inputs do not decode is refused alone."""
+        self._admit()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future = loop.create_future()
+        with self.lock:
+            batch = self.open.get(key)
+            if batch is None or batch.size + len(items) > largest:
+                batch = self.open[key] = _Batch(key, decode, call)
+                self.thread.submit(self._run_batch, batch)
+            batch.requests.append(_Request(items, answer, loop))
+            batch.size += len(items)
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), seconds)
+        except asyncio.TimeoutError:
+            raise Refused(504, f"the request took longer than the limit of {seconds:g} s") from None
+
+    def _run_batch(self, batch: _Batch) -> None:
+        with self.lock:  # closed: later requests start the next batch
+            if self.open.get(batch.key) is batch:
+                del self.open[batch.key]
+        try:
+            batch.run()
+        finally:
+            for _ in batch.requests:
+                self._done()
+
     def close(self) -> None:
         self.thread.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Request:
+    items: list
+    answer: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    inputs: list | None = None
+    error: BaseException | None = None
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.answer, result, error)
+
+
+@dataclass
+class _Batch:
+    """Requests answered by one call of a verb."""
+
+    key: Any
+    decode: Callable[[list], list]
+    call: Callable[[list], dict]
+    requests: list[_Request] = field(default_factory=list)
+    size: int = 0  # inputs over every request
+
+    def run(self) -> None:
+        for request in self.requests:
+            try:
+                request.inputs = self.decode(request.items)
+            except BaseException as exc:
+                request.error = exc
+                request.settle(error=exc)
+        ready = [r for r in self.requests if r.error is None]
+        if not ready:
+            return
+        try:
+            result = self.call([x for r in ready for x in r.inputs])
+        except BaseException as exc:
+            for r in ready:
+                r.settle(error=exc)
+            return
+        start = 0
+        for r in ready:
+            share = dict(result)
+            share["results"] = result["results"][start : start + len(r.inputs)]
+            if len(ready) > 1:  # what the timings in the result are of
+                share["batch"] = {"requests": len(ready), "inputs": len(result["results"])}
+            start += len(r.inputs)
+            r.settle(result=share)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # its client was answered 504 already
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
