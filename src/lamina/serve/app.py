@@ -116,7 +116,9 @@ def endpoints_of(name: str, run) -> list[Endpoint]:
             f"predict with this {task.name} run",
             Arg(("inputs",), {"nargs": "+"}, input=task.inputs),
             tuple(a for a in task.predict_args if not a.path),
-            _defaults(task.predict),
+            # predict hands its options to the task's own verb (detect, translate, ...): their defaults
+            {k: v for verb in task.verbs for k, v in _defaults(getattr(task, verb.attr)).items()}
+            | _defaults(task.predict),
             False,
             lambda items, emit, **o: run.predict(items, **o),
         )
@@ -485,6 +487,7 @@ def describe_run(name: str, run, endpoints: dict) -> dict[str, Any]:
         "parameters": info["model"].get("parameters"),
         "status": info.get("status"),
         "metrics": info.get("metrics", {}),
+        "headline": type(run.task).headline(info.get("metrics", {})),  # e.g. "test accuracy 92.76%"
         "created": info.get("created"),
         "verbs": [e.describe() for (n, _), e in endpoints.items() if n == name],
     }

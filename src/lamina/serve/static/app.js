@@ -663,6 +663,7 @@ const lamina = (() => {
   }
 
   function headline(run) {
+    if (run.headline) return run.headline; // the task's own one-line summary, e.g. "test accuracy 92.76%"
     for (const split of ["test", "val"]) {
       const metrics = run.metrics?.[split] || {};
       const key = Object.keys(metrics).find((k) => k !== "loss" && k !== "n" && typeof metrics[k] === "number");
