@@ -29,6 +29,7 @@ from pathlib import Path
 from benchmarks.common import append_section, run_lamina, table
 
 CONCURRENCY = (1, 4, 16)
+MODES = {"unbatched": ["--limit", "batch=1"], "batched": []}  # one call of the verb per request, or shared
 SENTENCES = ["Open the file", "Save the document as a new file", "The connection to the server was lost",
              "Delete the selected messages?", "Show hidden files"]  # fmt: skip
 
@@ -69,12 +70,12 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def start_server(runs: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(runs: Path, workers: int, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "lamina", "serve", str(runs / "classify"), str(runs / "translate"),
-               "--port", str(port), "--workers", str(workers), "--limit", "queue=64"]  # fmt: skip
+               "--port", str(port), "--workers", str(workers), "--limit", "queue=64", *extra]  # fmt: skip
     server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -143,29 +144,39 @@ def main() -> None:
     def translate(http):
         return http.post("/runs/translate/translate", json={"texts": [SENTENCES[next(counter) % len(SENTENCES)]]})
 
-    server, url = start_server(runs, a.workers)
-    rows = []
-    try:
-        asyncio.run(load(url, classify, 4, 50, 10))  # warm-up: first calls allocate what later ones reuse
-        asyncio.run(load(url, translate, 4, 20, 10))
-        for name, request in (("classify", classify), ("translate", translate)):
-            for clients in CONCURRENCY:
-                row = {"endpoint": name, **asyncio.run(load(url, request, clients, a.count, a.seconds))}
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-        before = rss_mib(server.pid)
-        memory = asyncio.run(load(url, classify, 4, a.memory_requests, 3600))
-        after = rss_mib(server.pid)
-        memory.update(
-            rss_before_mib=round(before, 1), rss_after_mib=round(after, 1), growth_mib=round(after - before, 1)
-        )
-        print(json.dumps({"memory": memory}), flush=True)
-    finally:
-        server.send_signal(signal.SIGINT)
+    rows, memory = [], {}
+    for mode, extra in MODES.items():
+        server, url = start_server(runs, a.workers, extra)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            asyncio.run(load(url, classify, 16, 200, 10))  # warm-up: first calls (and batch sizes) allocate
+            asyncio.run(load(url, translate, 16, 100, 10))
+            for name, request in (("classify", classify), ("translate", translate)):
+                for clients in CONCURRENCY:
+                    row = {
+                        "mode": mode,
+                        "endpoint": name,
+                        **asyncio.run(load(url, request, clients, a.count, a.seconds)),
+                    }
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+            if mode == "batched":
+                before = rss_mib(server.pid)
+                memory = asyncio.run(load(url, classify, 4, a.memory_requests, 3600))
+                after = rss_mib(server.pid)
+                memory.update(rss_before_mib=round(before, 1), rss_after_mib=round(after, 1),
+                              growth_mib=round(after - before, 1))  # fmt: skip
+                print(json.dumps({"memory": memory}), flush=True)
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    for row in rows:  # dynamic batching against one call per request, same endpoint and clients
+        if row["mode"] == "batched":
+            base = next(r for r in rows if r["mode"] == "unbatched" and r["endpoint"] == row["endpoint"]
+                        and r["clients"] == row["clients"])  # fmt: skip
+            row["vs_unbatched"] = f"{row['requests_per_s'] / max(base['requests_per_s'], 1e-9):.2f}x"
     summary = {"workers": a.workers, "points": rows, "memory": memory}
     print(json.dumps(summary))
     if a.no_record:
@@ -175,7 +186,23 @@ def main() -> None:
         f"clients are asyncio httpx tasks in the benchmark's process, sharing the cores. Each point: at most "
         f"{a.count} requests or {a.seconds:g} s. classify: one 28x28 Fashion-MNIST PNG per request "
         f"(vgg-s, multipart upload); translate: one short sentence per request (attention model, beam 5).\n\n"
-        + table(rows, ["endpoint", "clients", "requests", "failed", "requests_per_s", "p50_ms", "p95_ms", "p99_ms"])
+        + "Modes: `unbatched` (`--limit batch=1`: one call of the verb per request) and `batched` (the default: "
+        "requests that queue together share one call); `vs_unbatched` is the ratio of requests/s.\n\n"
+        + table(
+            rows,
+            [
+                "mode",
+                "endpoint",
+                "clients",
+                "requests",
+                "failed",
+                "requests_per_s",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "vs_unbatched",
+            ],
+        )  # fmt: skip
         + f"\n\nResident memory of the server: {memory['rss_before_mib']} MiB before and {memory['rss_after_mib']} "
         f"MiB after {memory['requests']:,} more classify requests (growth {memory['growth_mib']} MiB; "
         f"{memory['requests_per_s']} requests/s, {memory['failed']} failed).\n"
