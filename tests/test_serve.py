@@ -212,6 +212,12 @@ BAD = {
         {"content": b'{"texts": ["a"', "headers": {"content-type": "application/json"}},
         400,
     ),
+    "json nested too deeply": (
+        "post",
+        "/runs/translate/translate",
+        {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}},
+        400,
+    ),
     "json not an object": ("post", "/runs/translate/translate", {"json": ["the cat"]}, 400),
     "json to an upload verb": ("post", "/runs/detect/detect", {"json": {"images": ["/etc/passwd"]}}, 415),
     "form to a json verb": ("post", "/runs/translate/translate", {"data": {"texts": "a"}}, 415),

@@ -296,6 +296,8 @@ async def read_request(request, endpoint: Endpoint, limits: Limits) -> tuple[Any
         given = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise Refused(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise Refused(400, "malformed JSON: nested too deeply") from None
     if not isinstance(given, dict):
         raise Refused(400, "the body must be a JSON object of the verb's input and options")
     items = None
