@@ -64,7 +64,7 @@ class LiveServer:
         import socket
 
         from lamina.serve import create_app
-        from lamina.serve.app import find_runs
+        from lamina.serve.endpoints import find_runs
         from lamina.serve.limits import Limits
 
         with socket.socket() as s:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -23,7 +24,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lamina.serve import create_app  # noqa: E402
-from lamina.serve.app import find_runs  # noqa: E402
+from lamina.serve.endpoints import find_runs  # noqa: E402
 from lamina.serve.limits import Limits, with_overrides  # noqa: E402
 from served import TASKS, LiveServer  # noqa: E402
 from test_cli import assert_one_line_error, run_cli  # noqa: E402
@@ -318,11 +319,11 @@ def test_concurrent_requests_are_answered_by_one_call_and_a_bad_one_alone(served
 
     with LiveServer(served_runs) as server:
         task = server.app.state.runs["classify"].task
-        calls, predict = [], task.predict
+        calls, predict, release = [], task.predict, threading.Event()
 
         def slow_predict(model, meta, inputs, **options):
             calls.append(len(inputs))
-            time.sleep(0.5)
+            release.wait(30)  # the first call holds the thread until every other request has queued
             return predict(model, meta, inputs, **options)
 
         task.predict = slow_predict
@@ -333,10 +334,15 @@ def test_concurrent_requests_are_answered_by_one_call_and_a_bad_one_alone(served
 
         with concurrent.futures.ThreadPoolExecutor(8) as threads:
             first = threads.submit(send, "first.png", png())
-            time.sleep(0.25)  # the first one is running: the others queue behind it
+            while not calls:
+                time.sleep(0.01)  # the first one is running: the others queue behind it
             good = [threads.submit(send, f"{i}.png", png(20 + i, 20)) for i in range(4)]
             bad = threads.submit(send, "bad.png", b"not an image")
             other = threads.submit(send, "other.png", png(), top_k=1)  # other options: another call
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{server.url}/health").json()["pending"] < 7 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
             answers = [f.result() for f in [first, *good]]
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
         assert [a.json()["results"][0]["input"] for a in answers] == ["first.png", *(f"{i}.png" for i in range(4))]

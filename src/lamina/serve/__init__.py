@@ -48,7 +48,8 @@ def serve(
     require()
     import uvicorn
 
-    from lamina.serve.app import ENVIRONMENT, find_runs
+    from lamina.serve.app import ENVIRONMENT
+    from lamina.serve.endpoints import find_runs
     from lamina.serve.limits import Limits
 
     if workers < 1:
