@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
 from lamina.tasks import register_task
-from lamina.tasks.base import Prepared, Task
+from lamina.tasks.base import ExportSpec, Prepared, Task
 
 QUICK_VAL = 100  # validation images scored at each evaluation during training; all of them at the end
 GALLERY_SCORE = 0.5  # the gallery draws detections scored at least this (the metrics count every one)
@@ -336,6 +337,37 @@ class DetectTask(Task):
     def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
         return self.detect(model, meta, inputs, **options)
 
+    def export_graphs(self, model: nn.Module, meta: dict[str, Any]) -> list[ExportSpec]:
+        """One image of any size in (uint8 pixels); its objects out, resizing, normalisation, NMS and
+        mask pasting in the graph. One image per call: torchvision's detectors loop over the images
+        of a batch in Python, which tracing unrolls into a fixed batch size. TorchScript exporter, as
+        torchvision's own ONNX tests: torch.export stops at the data-dependent number of boxes."""
+        masks = self.has_masks(model)
+        outputs = ["boxes", "labels", "scores", *(["masks"] if masks else [])]
+        dynamic = {"image": {1: "height", 2: "width"}, **{name: {0: "objects"} for name in outputs}}
+        if masks:
+            dynamic["masks"] = {0: "objects", 1: "height", 2: "width"}
+        size = meta["image_size"]
+        preprocessing = {
+            "image": {
+                "dtype": "uint8, 0-255, (3, height, width) RGB, any size: one image per call",
+                "resize": f"in the graph (shorter side to {size} px, longer at most {size * 5 // 3})",
+                "normalisation": "in the graph",
+            },
+            "labels": ["__background__", *meta["classes"]],
+            "decode": "object i: labels[labels_out[i]], scores[i], boxes[i] = [x1, y1, x2, y2] in the image's "
+            "pixels, sorted by score; objects scored under "
+            f"{self.score_floor(model):g} are left out (lamina detect shows those from 0.5)"
+            + ("; masks[i] (height, width) in [0, 1], the object's pixels from 0.5" if masks else ""),
+        }
+        example = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+        return [ExportSpec(DetectGraph(model), (example,), ["image"], outputs, dynamic, preprocessing, "torchscript")]
+
+    @staticmethod
+    def score_floor(model: nn.Module) -> float:
+        heads = getattr(model, "roi_heads", model)  # Mask R-CNN's box head, or FCOS itself
+        return float(getattr(heads, "score_thresh", 0.0))
+
     # ----- on a terminal -------------------------------------------------------------------------
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
@@ -358,6 +390,41 @@ class DetectTask(Task):
                 print(f"wrote {r['drawn']}", file=out)
 
     render_predict = render_detect
+
+
+class DetectGraph(nn.Module):
+    """(3, H, W) uint8 -> boxes (N, 4), labels (N,), scores (N,)[, masks (N, H, W) in [0, 1]] of one image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with empty_safe_nms():
+            found = self.model([image.float() / 255])[0]
+        out = (found["boxes"], found["labels"], found["scores"])
+        return (*out, found["masks"][:, 0]) if "masks" in found else out
+
+
+@contextlib.contextmanager
+def empty_safe_nms():
+    """torchvision's batched NMS returns early when there are no boxes: a Python branch, which
+    tracing bakes in. A graph traced on an image without candidates would then find nothing in any
+    image, and one traced with candidates takes the max of no coordinates on an empty image. Here the
+    same offsets per class, without the branch, and a max defined on no boxes (coordinates are >= 0)."""
+    from torchvision.ops import boxes as box_ops
+
+    def coordinate_trick(boxes, scores, idxs, iou_threshold):
+        largest = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
+        offsets = idxs.to(boxes) * (largest + 1)  # (N,): classes never overlap each other
+        return box_ops.nms(boxes + offsets[:, None], scores, iou_threshold)
+
+    original = box_ops._batched_nms_coordinate_trick
+    box_ops._batched_nms_coordinate_trick = coordinate_trick
+    try:
+        yield
+    finally:
+        box_ops._batched_nms_coordinate_trick = original
 
 
 def read_image(source, name: str) -> torch.Tensor:
