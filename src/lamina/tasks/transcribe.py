@@ -471,7 +471,7 @@ class TranscribeTask(Task):
         )
         wave = torch.randn(audio.SAMPLE_RATE) * 0.1
         front = ExportSpec(
-            LogMel(),
+            audio.LogMel(),
             (wave,),
             ["waveform"],
             ["features"],
@@ -519,21 +519,6 @@ class CTCGraph(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, _ = self.model(features, lengths)
         return logits.float().log_softmax(-1), self.model.frames_out(lengths)
-
-
-class LogMel(nn.Module):
-    """audio.log_mel as a graph: (samples,) at 16 kHz -> (frames, N_MELS), normalised per utterance."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("window", torch.hann_window(audio.WINDOW))
-        self.register_buffer("filters", audio.mel_filterbank())
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(waveform, audio.N_FFT, audio.HOP, audio.WINDOW, window=self.window, center=True,
-                          return_complex=True)  # fmt: skip
-        feats = torch.log(spec.abs().square().T @ self.filters + 1e-6)  # (frames, N_MELS)
-        return (feats - feats.mean(0)) / feats.std(0, unbiased=False).clamp_min(1e-3)
 
 
 def transcript(tokens: list[int]) -> str:
