@@ -155,6 +155,8 @@ def test_a_detector_exports_and_finds_the_same_objects_or_none(scenes_and_detect
     result = export(run, tmp_path)
     assert result["exporter"] == "torchscript"
     assert [o["name"] for o in result["outputs"]] == ["boxes", "labels", "scores", "masks"]
+    described = json.loads(Path(result["preprocessing"]).read_text())
+    assert described["classes"] == ["__background__", *run.meta["classes"]]
 
     larger = torch.nn.functional.interpolate(scene[None].float(), size=(96, 120), mode="bilinear")[0]
     counts = []

@@ -354,8 +354,8 @@ class DetectTask(Task):
                 "resize": f"in the graph (shorter side to {size} px, longer at most {size * 5 // 3})",
                 "normalisation": "in the graph",
             },
-            "labels": ["__background__", *meta["classes"]],
-            "decode": "object i: labels[labels_out[i]], scores[i], boxes[i] = [x1, y1, x2, y2] in the image's "
+            "classes": ["__background__", *meta["classes"]],
+            "decode": "object i: classes[labels[i]], scores[i], boxes[i] = [x1, y1, x2, y2] in the image's "
             "pixels, sorted by score; objects scored under "
             f"{self.score_floor(model):g} are left out (lamina detect shows those from 0.5)"
             + ("; masks[i] (height, width) in [0, 1], the object's pixels from 0.5" if masks else ""),

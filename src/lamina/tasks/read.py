@@ -565,7 +565,7 @@ class ReadTask(Task):
             "decode": "greedy CTC over the first width // 4 columns of each crop: the most likely id per column, "
             "repeats merged, blanks (0) dropped; id i >= first_character_id is characters[i - first_character_id]",
         }
-        example = torch.randint(0, 256, (2, 1, 32, 96), dtype=torch.uint8)
+        example = torch.randint(0, 256, (2, 1, CROP_HEIGHT, 96), dtype=torch.uint8)
         dynamic = {"crops": {0: "batch", 3: "width"}, "log_probs": {0: "batch", 1: "columns"}}
         return ExportSpec(CRNNGraph(recognizer), (example,), ["crops"], ["log_probs"], dynamic, preprocessing,
                           "torchscript")  # fmt: skip
@@ -579,9 +579,10 @@ class ReadTask(Task):
                 "resize": f"longer side at most {MAX_SIDE} (bilinear, never up), then zeros right and below",
                 "normalisation": "in the graph",
             },
-            "decode": f"prob (batch, height / {DB_STRIDE}, width / {DB_STRIDE}): probability of a word's shrunk "
-            "core; words are its connected regions above 0.3 of mean probability >= 0.5, each grown back by "
-            f"area * {ocr.UNCLIP:g} / perimeter (lamina.data.ocr.polygons_from_map)",
+            "decode": f"prob (batch, height / {DB_STRIDE}, width / {DB_STRIDE}): probability that a pixel lies in "
+            "a word's shrunk core; a word is a connected region of prob > 0.3 whose mean prob is at least 0.5, "
+            f"as its smallest rotated rectangle grown by area * {ocr.UNCLIP:g} / perimeter, times {DB_STRIDE} "
+            "(lamina.data.ocr.polygons_from_map)",
         }
         example = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
         dynamic = {"image": {0: "batch", 2: "height", 3: "width"}, "prob": {0: "batch", 1: "rows", 2: "columns"}}
@@ -613,7 +614,7 @@ class ReadTask(Task):
 
 
 class CRNNGraph(nn.Module):
-    """(B, 1, 32, W) uint8 crops -> (B, W / 4, V) log-probabilities."""
+    """(B, 1, 32, W) uint8 crops -> (B, W / 4, V) log-probabilities, CTC's blank at id 0."""
 
     def __init__(self, recognizer: nn.Module):
         super().__init__()
