@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,38 +392,20 @@ class DetectTask(Task):
 
 
 class DetectGraph(nn.Module):
-    """(3, H, W) uint8 -> boxes (N, 4), labels (N,), scores (N,)[, masks (N, H, W) in [0, 1]] of one image."""
+    """(3, H, W) uint8 -> boxes (N, 4), labels (N,), scores (N,)[, masks (N, H, W) in [0, 1]] of one image.
+
+    An image without objects gives N = 0, whichever image the graph was traced on: torchvision
+    scripts the branches on the number of boxes (its batched NMS returns early on none) when it is
+    traced, so tracing does not bake in the example's count (tests/test_export.py checks both ways)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with empty_safe_nms():
-            found = self.model([image.float() / 255])[0]
+        found = self.model([image.float() / 255])[0]
         out = (found["boxes"], found["labels"], found["scores"])
         return (*out, found["masks"][:, 0]) if "masks" in found else out
-
-
-@contextlib.contextmanager
-def empty_safe_nms():
-    """torchvision's batched NMS returns early when there are no boxes: a Python branch, which
-    tracing bakes in. A graph traced on an image without candidates would then find nothing in any
-    image, and one traced with candidates takes the max of no coordinates on an empty image. Here the
-    same offsets per class, without the branch, and a max defined on no boxes (coordinates are >= 0)."""
-    from torchvision.ops import boxes as box_ops
-
-    def coordinate_trick(boxes, scores, idxs, iou_threshold):
-        largest = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
-        offsets = idxs.to(boxes) * (largest + 1)  # (N,): classes never overlap each other
-        return box_ops.nms(boxes + offsets[:, None], scores, iou_threshold)
-
-    original = box_ops._batched_nms_coordinate_trick
-    box_ops._batched_nms_coordinate_trick = coordinate_trick
-    try:
-        yield
-    finally:
-        box_ops._batched_nms_coordinate_trick = original
 
 
 def read_image(source, name: str) -> torch.Tensor:
