@@ -31,7 +31,7 @@ from lamina.tasks.base import ExportSpec
 
 FORMATS = ("onnx",)
 INSTALL = "pip install 'lamina[export]' (onnx, onnxscript and onnxruntime)"
-TORCHSCRIPT_OPSET = 17  # torchvision's detectors need >= 11; 17 is the newest every op here exports to
+TORCHSCRIPT_OPSET = 17  # torchvision's detectors need at least 11; the parity tests run at 17
 
 
 def export(run, format: str = "onnx", out: str | Path | None = None) -> dict[str, Any]:
@@ -70,6 +70,7 @@ def require_onnx() -> None:
 
 
 def write_graph(spec: ExportSpec, path: Path, about: dict[str, Any]) -> dict[str, Any]:
+    """One graph and its JSON; `about` (task, model, run, parts) goes into the JSON as it is."""
     started = time.perf_counter()
     module = spec.module.eval()
     with torch.no_grad():
