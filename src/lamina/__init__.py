@@ -3,13 +3,24 @@
     import lamina
     lamina.train("classify", data="fashion-mnist", time_budget=75)
     lamina.load("runs/classify-fashion-mnist-vgg-s").predict(["shoe.png"])
+    lamina.export("runs/classify-fashion-mnist-vgg-s", out="shoes.onnx")   # onnxruntime runs it alone
 
 Every verb a task declares is a function here too: lamina.translate(run, texts),
 lamina.transcribe(run, files), lamina.generate(run, prompt=...), ...
 """
 
 __version__ = "0.1.0"
-API = ("evaluate", "inspect", "load", "predict", "register_dataset", "register_model", "register_task", "train")
+API = (
+    "evaluate",
+    "export",
+    "inspect",
+    "load",
+    "predict",
+    "register_dataset",
+    "register_model",
+    "register_task",
+    "train",
+)
 __all__ = ["__version__", *API]
 
 

@@ -144,6 +144,13 @@ def call(name: str, run: str | Path | Run, *args, device: str = "auto", **argume
     return _load_each([run], device)[0].call(name, *args, **arguments)
 
 
+def export(run: str | Path | Run, format: str = "onnx", out: str | Path | None = None) -> dict[str, Any]:
+    """The run's model as ONNX graphs with their preprocessing in JSON beside them (lamina.export)."""
+    from lamina.export import export as export_run
+
+    return export_run(run, format, out)
+
+
 def inspect(what: str, runs: list, device: str = "cpu", **options) -> dict[str, Any]:
     """lamina inspect WHAT RUN...: a view of one or more runs, e.g. inspect('gradients', [lstm, rnn])."""
     found = find_verb(what, "inspect")

@@ -137,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object: {task, run, results: [...]}")
     pr.set_defaults(handler=cmd_predict)
 
+    x = sub.add_parser("export", help="write a run's model as ONNX, with its preprocessing in JSON beside it")
+    x.add_argument("run")
+    x.add_argument("--format", default="onnx", help="onnx (the only format so far)")
+    x.add_argument("--out", metavar="FILE.onnx", help="where the graph goes (default: RUN/model.onnx)")
+    x.add_argument("--json", action="store_true", help="print one JSON object: {task, run, onnx, preprocessing, ...}")
+    x.set_defaults(handler=cmd_export)
+
     groups: dict[str, Any] = {}
     for task_cls in tasks:
         for verb in task_cls.verbs:
@@ -256,6 +263,21 @@ def cmd_predict(a: argparse.Namespace) -> int:
     known = {arg.dest for c in _tasks() for arg in c.predict_args}
     result = run.predict(a.inputs, **_options(a, known))
     return _finish(run.task, "predict", result, a.json)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    result = api.export(a.run, a.format, a.out)
+    if a.json:
+        _print_json(result)
+        return 0
+    for g in result["graphs"]:
+        print(
+            f"wrote {g['onnx']} ({g['exporter']} exporter, opset {g['opset']}; onnxruntime within "
+            f"{g['max_abs_difference']:.1g} of PyTorch) and {g['preprocessing']}"
+        )
+    return 0
 
 
 def cmd_verb(a: argparse.Namespace, task_cls, verb: Verb) -> int:

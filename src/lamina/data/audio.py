@@ -133,12 +133,31 @@ def log_mel(wave: np.ndarray | torch.Tensor, normalise: bool = True) -> torch.Te
     x = torch.as_tensor(wave, dtype=torch.float32)
     if x.numel() < WINDOW:  # shorter than one window: pad, so every file gives at least one frame
         x = torch.nn.functional.pad(x, (0, WINDOW - x.numel()))
-    spec = torch.stft(x, N_FFT, HOP, WINDOW, window=torch.hann_window(WINDOW), center=True, return_complex=True)
-    power = spec.abs().square().T  # (frames, n_fft // 2 + 1)
-    feats = torch.log(power @ mel_filterbank() + 1e-6)  # (frames, N_MELS)
-    if normalise:
-        feats = (feats - feats.mean(0)) / feats.std(0, unbiased=False).clamp_min(1e-3)
-    return feats
+    return _log_mel(normalise)(x)
+
+
+class LogMel(torch.nn.Module):
+    """log_mel of a waveform of at least WINDOW samples, as a module: what `lamina export` traces
+    into the front-end graph of a speech recognizer."""
+
+    def __init__(self, normalise: bool = True):
+        super().__init__()
+        self.normalise = normalise
+        self.register_buffer("window", torch.hann_window(WINDOW), persistent=False)
+        self.register_buffer("filters", mel_filterbank(), persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(waveform, N_FFT, HOP, WINDOW, window=self.window, center=True, return_complex=True)
+        power = spec.abs().square().T  # (frames, n_fft // 2 + 1)
+        feats = torch.log(power @ self.filters + 1e-6)  # (frames, N_MELS)
+        if self.normalise:
+            feats = (feats - feats.mean(0)) / feats.std(0, unbiased=False).clamp_min(1e-3)
+        return feats
+
+
+@lru_cache(maxsize=2)
+def _log_mel(normalise: bool) -> LogMel:
+    return LogMel(normalise)
 
 
 def spec_augment(

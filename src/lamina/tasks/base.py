@@ -17,6 +17,7 @@ It declares, as class attributes:
     transfer              whether --init RUN (and --freeze) work
     transfer_from         other tasks whose runs --init takes (detect starts from a classify backbone)
     libraries             distributions whose versions affect its results (recorded in lamina.json)
+    not_exported          why its runs have no ONNX export, where ``export_graphs`` is not implemented
 
 and implements the methods below. The engine only calls ``step`` and ``evaluate``; the API the rest.
 One level of inheritance, no more: a task overrides what it needs.
@@ -52,6 +53,33 @@ FIXED_ON_RESUME = (
     "optim.name",
 )
 
+# Why encoder-decoders are not exported (README: Export): their output is searched for step by step.
+ENCODER_DECODER = (
+    "an encoder-decoder searches its output one token at a time (beam and attention state live in a Python "
+    "loop outside the network); exporting it takes two graphs, the encoder and one decoder step, and that "
+    "search rewritten around them"
+)
+
+
+@dataclass
+class ExportSpec:
+    """One graph of a trained run, as `lamina export` writes it: the module to trace (a small wrapper
+    around the model that takes what a user has, e.g. uint8 pixels, and does the rest in the graph),
+    example inputs, which of their axes vary, and the preprocessing and decoding a user must do
+    outside the graph, written beside it as JSON."""
+
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]  # example inputs, in the order forward takes them
+    input_names: list[str]
+    output_names: list[str]
+    dynamic: dict[str, dict[int, str]]  # input or output name -> {axis: name} of the axes that vary
+    preprocessing: dict[str, Any]  # what the graph expects and how to read its outputs (the JSON)
+    # "dynamo" (torch.export) where it traces the model; "torchscript" where it cannot (recurrent
+    # layers with a dynamic length, torchvision's detectors).
+    exporter: str = "dynamo"
+    name: str = ""  # the part, for runs with several graphs (a reader's detector beside its recognizer)
+    tolerance: float = 1e-4  # largest difference from PyTorch expected of onnxruntime, on float outputs
+
 
 @dataclass
 class Prepared:
@@ -85,6 +113,7 @@ class Task:
     transfer: bool = False
     transfer_from: tuple[str, ...] = ()
     libraries: tuple[str, ...] = ()
+    not_exported: str = "its models have no exportable graph yet"
 
     def __init__(
         self,
@@ -191,6 +220,11 @@ class Task:
     def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
         """{'results': [one dict per input]}; a bad input gets {'error': ...} and the others go on."""
         raise NotImplementedError
+
+    def export_graphs(self, model: nn.Module, meta: dict[str, Any]) -> list[ExportSpec]:
+        """`lamina export`: the graphs of a trained run (the first is the main one), on the CPU. Tasks
+        whose runs can be exported override this; the others say why not."""
+        raise UsageError(f"a {self.name} run cannot be exported to ONNX: {self.not_exported}")
 
     # ----- how results read on a terminal ---------------------------------------------------------
     @classmethod

@@ -34,7 +34,7 @@ from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
 from lamina.models import decoding
 from lamina.tasks import register_task
-from lamina.tasks.base import Prepared, Task
+from lamina.tasks.base import ENCODER_DECODER, Prepared, Task
 
 EVAL_BATCH = 64  # images per decoding batch (times the beam width in hypotheses)
 GALLERY = 6  # test images drawn with their attention by `lamina evaluate`
@@ -105,6 +105,7 @@ class CaptionTask(Task):
     transfer = True
     transfer_from = ("classify",)
     libraries = ("pycocoevalcap", "sacrebleu")
+    not_exported = ENCODER_DECODER
     verbs = (CAPTION,)
     predict_args = CAPTION.args[1:]
     inputs = "image"

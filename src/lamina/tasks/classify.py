@@ -19,7 +19,7 @@ from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, choices
 from lamina.tasks import register_task
-from lamina.tasks.base import Prepared, Task
+from lamina.tasks.base import ExportSpec, Prepared, Task
 
 
 @dataclass
@@ -340,6 +340,36 @@ class ClassifyTask(Task):
                 ]
         return {"results": results}
 
+    def export_graphs(self, model: nn.Module, meta: dict[str, Any]) -> list[ExportSpec]:
+        """uint8 pixels of images already resized to the run's size in; class probabilities out, with
+        the normalisation (and the mirrored view, as predict averages it) in the graph."""
+        c, s = meta["channels"], meta["image_size"]
+        example = torch.randint(0, 256, (2, c, s, s), dtype=torch.uint8)
+        mirrored = self.views() == 2
+        preprocessing = {
+            "image": {
+                "channels": c,
+                "colour": "grey" if c == 1 else "RGB",
+                "size": [s, s],
+                "resize": meta.get("resize", "shorter side, then centre crop (bilinear)"),
+                "dtype": "uint8, 0-255, (batch, channels, height, width)",
+                "normalisation": {"mean": meta["mean"], "std": meta["std"], "applied": "in the graph, after / 255"},
+            },
+            "labels": meta["classes"],
+            "decode": "probabilities[i] is the probability of labels[i]"
+            + (" (averaged with the mirrored image, in the graph)" if mirrored else ""),
+        }
+        return [
+            ExportSpec(
+                ClassifyGraph(model, mirrored),
+                (example,),
+                ["image"],
+                ["probabilities"],
+                {"image": {0: "batch"}, "probabilities": {0: "batch"}},
+                preprocessing,
+            )
+        ]
+
     # ----- on a terminal -------------------------------------------------------------------------
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
@@ -352,6 +382,20 @@ class ClassifyTask(Task):
             if "predictions" in r:
                 shown = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
                 print(f"{r['input']}: {shown}", file=out)
+
+
+class ClassifyGraph(nn.Module):
+    """(B, C, S, S) uint8 -> (B, K) class probabilities, as ClassifyTask.probabilities computes them."""
+
+    def __init__(self, model: nn.Module, mirrored: bool):
+        super().__init__()
+        self.model, self.mirrored = model, mirrored
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        p = self.model(image).float().softmax(1)
+        if self.mirrored:
+            p = (p + self.model(image.flip(-1)).float().softmax(1)) / 2
+        return p
 
 
 def align_classes(data: img.ImageSet, classes: list[str], size: int) -> img.ImageSet:

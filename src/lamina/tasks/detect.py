@@ -19,7 +19,7 @@ from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
 from lamina.tasks import register_task
-from lamina.tasks.base import Prepared, Task
+from lamina.tasks.base import ExportSpec, Prepared, Task
 
 QUICK_VAL = 100  # validation images scored at each evaluation during training; all of them at the end
 GALLERY_SCORE = 0.5  # the gallery draws detections scored at least this (the metrics count every one)
@@ -337,6 +337,37 @@ class DetectTask(Task):
     def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
         return self.detect(model, meta, inputs, **options)
 
+    def export_graphs(self, model: nn.Module, meta: dict[str, Any]) -> list[ExportSpec]:
+        """One image of any size in (uint8 pixels); its objects out, resizing, normalisation, NMS and
+        mask pasting in the graph. One image per call: torchvision's detectors loop over the images
+        of a batch in Python, which tracing unrolls into a fixed batch size. TorchScript exporter, as
+        torchvision's own ONNX tests: torch.export stops at the data-dependent number of boxes."""
+        masks = self.has_masks(model)
+        outputs = ["boxes", "labels", "scores", *(["masks"] if masks else [])]
+        dynamic = {"image": {1: "height", 2: "width"}, **{name: {0: "objects"} for name in outputs}}
+        if masks:
+            dynamic["masks"] = {0: "objects", 1: "height", 2: "width"}
+        size = meta["image_size"]
+        preprocessing = {
+            "image": {
+                "dtype": "uint8, 0-255, (3, height, width) RGB, any size: one image per call",
+                "resize": f"in the graph (shorter side to {size} px, longer at most {size * 5 // 3})",
+                "normalisation": "in the graph",
+            },
+            "classes": ["__background__", *meta["classes"]],
+            "decode": "object i: classes[labels[i]], scores[i], boxes[i] = [x1, y1, x2, y2] in the image's "
+            "pixels, sorted by score; objects scored under "
+            f"{self.score_floor(model):g} are left out (lamina detect shows those from 0.5)"
+            + ("; masks[i] (height, width) in [0, 1], the object's pixels from 0.5" if masks else ""),
+        }
+        example = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+        return [ExportSpec(DetectGraph(model), (example,), ["image"], outputs, dynamic, preprocessing, "torchscript")]
+
+    @staticmethod
+    def score_floor(model: nn.Module) -> float:
+        heads = getattr(model, "roi_heads", model)  # Mask R-CNN's box head, or FCOS itself
+        return float(getattr(heads, "score_thresh", 0.0))
+
     # ----- on a terminal -------------------------------------------------------------------------
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
@@ -359,6 +390,23 @@ class DetectTask(Task):
                 print(f"wrote {r['drawn']}", file=out)
 
     render_predict = render_detect
+
+
+class DetectGraph(nn.Module):
+    """(3, H, W) uint8 -> boxes (N, 4), labels (N,), scores (N,)[, masks (N, H, W) in [0, 1]] of one image.
+
+    An image without objects gives N = 0, whichever image the graph was traced on: torchvision
+    scripts the branches on the number of boxes (its batched NMS returns early on none) when it is
+    traced, so tracing does not bake in the example's count (tests/test_export.py checks both ways)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        found = self.model([image.float() / 255])[0]
+        out = (found["boxes"], found["labels"], found["scores"])
+        return (*out, found["masks"][:, 0]) if "masks" in found else out
 
 
 def read_image(source, name: str) -> torch.Tensor:

@@ -123,6 +123,7 @@ class LanguageModelTask(Task):
     data_model_args = ("vocab_size",)
     resume_keys = ("vocab",)
     verbs = (GENERATE, GRADIENTS)
+    not_exported = "it generates text one character at a time, sampling each in a Python loop that carries its state"
     predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely next characters to show"),)
     inputs = "text"
 

@@ -34,7 +34,7 @@ from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
 from lamina.models import ctc
 from lamina.tasks import register_task
-from lamina.tasks.base import Prepared, Task
+from lamina.tasks.base import ExportSpec, Prepared, Task
 
 QUICK_VAL = 100  # validation images (and their words) measured at each evaluation during training
 MAX_SIDE = 1024  # images are read at their own size up to this longer side, scaled down beyond
@@ -536,6 +536,59 @@ class ReadTask(Task):
     def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
         return self.read(model, meta, inputs, **options)
 
+    def export_graphs(self, model: nn.Module, meta: dict[str, Any]) -> list[ExportSpec]:
+        """The recognizer (word crops in, per-column log-probabilities out) and the detector (images
+        in, the word probability map out) of the parts the run has; finding words in the map, cutting
+        and straightening the crops stay outside (lamina.data.ocr, described in the JSON)."""
+        specs = []
+        recognizer, detector = self.part(model, "recognizer"), self.part(model, "detector")
+        if recognizer is not None:
+            specs.append(self.recognizer_graph(recognizer, meta))
+        if detector is not None:
+            specs.append(self.detector_graph(detector, name="detector" if specs else ""))
+        return specs
+
+    def recognizer_graph(self, recognizer: nn.Module, meta: dict[str, Any]) -> ExportSpec:
+        """TorchScript exporter: torch.export unrolls the LSTM and stops at the dynamic width."""
+        from lamina.models.text import CROP_HEIGHT
+
+        alphabet = meta.get("alphabet", synthtext.ALPHABET)
+        preprocessing = {
+            "crops": {
+                "dtype": f"uint8, 0-255, (batch, 1, {CROP_HEIGHT}, width) grey, width a multiple of 4",
+                "cut": f"the word's quadrilateral, perspective undone, grown by {ocr.CROP_PAD[0]:g} (sides) and "
+                f"{ocr.CROP_PAD[1]:g} (top, bottom) of its height, scaled to height {CROP_HEIGHT} "
+                f"(width at most {ocr.MAX_CROP_WIDTH})",
+                "padding": "each crop padded on the right with its own last column to the batch's width",
+                "normalisation": "in the graph",
+            },
+            "vocabulary": {"blank": 0, "first_character_id": CharVocab(alphabet, True).offset, "characters": alphabet},
+            "decode": "greedy CTC over the first width // 4 columns of each crop: the most likely id per column, "
+            "repeats merged, blanks (0) dropped; id i >= first_character_id is characters[i - first_character_id]",
+        }
+        example = torch.randint(0, 256, (2, 1, CROP_HEIGHT, 96), dtype=torch.uint8)
+        dynamic = {"crops": {0: "batch", 3: "width"}, "log_probs": {0: "batch", 1: "columns"}}
+        return ExportSpec(CRNNGraph(recognizer), (example,), ["crops"], ["log_probs"], dynamic, preprocessing,
+                          "torchscript")  # fmt: skip
+
+    def detector_graph(self, detector: nn.Module, name: str) -> ExportSpec:
+        from lamina.models.text import DB_STRIDE
+
+        preprocessing = {
+            "image": {
+                "dtype": "uint8, 0-255, (batch, 3, height, width) RGB, height and width multiples of 32",
+                "resize": f"longer side at most {MAX_SIDE} (bilinear, never up), then zeros right and below",
+                "normalisation": "in the graph",
+            },
+            "decode": f"prob (batch, height / {DB_STRIDE}, width / {DB_STRIDE}): probability that a pixel lies in "
+            "a word's shrunk core; a word is a connected region of prob > 0.3 whose mean prob is at least 0.5, "
+            f"as its smallest rotated rectangle grown by area * {ocr.UNCLIP:g} / perimeter, times {DB_STRIDE} "
+            "(lamina.data.ocr.polygons_from_map)",
+        }
+        example = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+        dynamic = {"image": {0: "batch", 2: "height", 3: "width"}, "prob": {0: "batch", 1: "rows", 2: "columns"}}
+        return ExportSpec(DBNetGraph(detector), (example,), ["image"], ["prob"], dynamic, preprocessing, name=name)
+
     # ----- on a terminal -------------------------------------------------------------------------
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
@@ -559,3 +612,26 @@ class ReadTask(Task):
                 print(f"wrote {r['drawn']}", file=out)
 
     render_predict = render_read
+
+
+class CRNNGraph(nn.Module):
+    """(B, 1, 32, W) uint8 crops -> (B, W / 4, V) log-probabilities, CTC's blank at id 0."""
+
+    def __init__(self, recognizer: nn.Module):
+        super().__init__()
+        self.recognizer = recognizer
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.recognizer(crops.float() / 255)
+        return logits.float().log_softmax(-1)
+
+
+class DBNetGraph(nn.Module):
+    """(B, 3, H, W) uint8 images -> (B, H / 2, W / 2) word-core probabilities."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.detector(image.float() / 255)["prob"].float()

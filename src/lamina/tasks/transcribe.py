@@ -28,7 +28,7 @@ from lamina.engine.checkpoint import atomic_write
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, warn
 from lamina.tasks import register_task
-from lamina.tasks.base import Prepared, Task
+from lamina.tasks.base import ENCODER_DECODER, ExportSpec, Prepared, Task
 
 EVAL_BATCH = 32
 DECODE_COST = 3  # a greedy transcript costs about this many loss passes of the same utterance (time budgets)
@@ -434,6 +434,62 @@ class TranscribeTask(Task):
     def predict(self, model: nn.Module, meta: dict[str, Any], inputs: list, **options) -> dict[str, Any]:
         return self.transcribe(model, meta, inputs, **options)
 
+    def export_graphs(self, model: nn.Module, meta: dict[str, Any]) -> list[ExportSpec]:
+        """ctc runs: the recognizer (log-mel frames of a padded batch in, per-frame log-probabilities
+        out) and the front end as a second graph (one waveform in, its normalised log-mel frames out).
+        TorchScript exporter for the recognizer: it maps the packed bidirectional GRU onto ONNX's GRU
+        with sequence lengths, where torch.export unrolls it and stops at the dynamic length."""
+        from lamina.models.speech import CTCRecognizer
+
+        if not isinstance(model, CTCRecognizer):
+            raise UsageError(f"a {self.cfg.model.name} run cannot be exported to ONNX: {ENCODER_DECODER}")
+        check_features(meta)
+        features = torch.randn(2, 120, audio.N_MELS)
+        lengths = torch.tensor([120, 77])
+        vocab = {"blank": 0, "first_character_id": audio.TRANSCRIPTS.offset, "characters": audio.CHARS}
+        recognizer = ExportSpec(
+            CTCGraph(model),
+            (features, lengths),
+            ["features", "lengths"],
+            ["log_probs", "frames"],
+            {
+                "features": {0: "batch", 1: "time"},
+                "lengths": {0: "batch"},
+                "log_probs": {0: "batch", 1: "steps"},
+                "frames": {0: "batch"},
+            },
+            {
+                "features": {
+                    **audio.FEATURES,
+                    "dtype": "float32 (batch, time, n_mels), padded after each end",
+                    "from": "the features graph, one utterance at a time",
+                },
+                "lengths": "int64 (batch,): frames of each utterance",
+                "vocabulary": vocab,
+                "decode": "greedy CTC: per frame t < frames[b] the most likely id, repeats merged, blanks (0) "
+                "dropped; id i >= first_character_id is characters[i - first_character_id]; spaces collapsed",
+            },
+            "torchscript",
+        )
+        wave = torch.randn(audio.SAMPLE_RATE) * 0.1
+        front = ExportSpec(
+            audio.LogMel(),
+            (wave,),
+            ["waveform"],
+            ["features"],
+            {"waveform": {0: "samples"}, "features": {0: "time"}},
+            {
+                "waveform": {
+                    "sample_rate": audio.SAMPLE_RATE,
+                    "dtype": "float32 (samples,), mono, -1 to 1",
+                    "at_least": audio.WINDOW,
+                },
+                "decode": "features (time, n_mels): one utterance's input to the recognizer graph",
+            },
+            name="features",
+        )
+        return [recognizer, front]
+
     # ----- on a terminal -------------------------------------------------------------------------
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
@@ -453,6 +509,18 @@ class TranscribeTask(Task):
     @classmethod
     def render_predict(cls, result: dict[str, Any], out: TextIO) -> None:
         cls.render_transcribe(result, out, named=True)
+
+
+class CTCGraph(nn.Module):
+    """(B, T, F) features, (B,) lengths -> (B, T', V) log-probabilities and (B,) valid frames T'."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, _ = self.model(features, lengths)
+        return logits.float().log_softmax(-1), self.model.frames_out(lengths)
 
 
 def transcript(tokens: list[int]) -> str:

@@ -31,7 +31,7 @@ from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, warn
 from lamina.models import decoding
 from lamina.tasks import register_task
-from lamina.tasks.base import Prepared, Task
+from lamina.tasks.base import ENCODER_DECODER, Prepared, Task
 
 EVAL_BATCH = 64  # sentences per decoding batch (times the beam width in hypotheses)
 DECODE_CELLS = EVAL_BATCH * 5 * 101 * 212  # 64 sentences of 100 subwords, beam 5, up to 212 output steps
@@ -108,6 +108,7 @@ class TranslateTask(Task):
     inputs = "text"
     evaluate_args = SEARCH_ARGS
     libraries = ("sacrebleu", "sentencepiece", "polib")
+    not_exported = ENCODER_DECODER
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
