@@ -16,9 +16,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 import lamina  # noqa: E402
-import test_detect  # noqa: E402
-import test_read  # noqa: E402
-from conftest import CPU, make_folder  # noqa: E402
+from conftest import CPU  # noqa: E402
 from lamina.data import audio, ocr  # noqa: E402
 from lamina.data import images as img  # noqa: E402
 from lamina.export import run_onnx  # noqa: E402
@@ -31,8 +29,8 @@ BOX_ATOL = 1e-2  # box corners, in pixels of a 64 px image
 TONES = (220.0, 330.0, 440.0, 550.0)
 
 
-def close(got, want: torch.Tensor, atol: float = ATOL) -> None:
-    want = want.detach().cpu().numpy()
+def close(got, want, atol: float = ATOL) -> None:
+    want = want.detach().cpu().numpy() if isinstance(want, torch.Tensor) else want
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=atol, rtol=0)
 
@@ -42,30 +40,24 @@ def export(run, tmp_path: Path, name: str = "model.onnx") -> dict:
 
 
 # ----- runs ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def classify_run(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("export-classify")
-    make_folder(base / "shapes" / "train", per_class=8)
-    make_folder(base / "shapes" / "test", per_class=2, seed=1)
-    summary = lamina.train("classify", data=str(base / "shapes"), epochs=1, batch_size=8, lr=0.05,
-                           out=str(base / "run"), quiet=True, sets=["data.image_size=16", *CPU])  # fmt: skip
-    return Path(summary["run"])
+# The tiny runs the server tests serve (tests/served.py): only read here.
+def data_of(run: Path) -> Path:
+    return Path(json.loads((run / "lamina.json").read_text())["config"]["data"]["name"])
 
 
 @pytest.fixture(scope="module")
-def scenes_and_detector(tmp_path_factory) -> tuple[Path, Path]:
-    root = test_detect.build_in(tmp_path_factory.mktemp("export-scenes"), test_detect.TINY)
-    out = tmp_path_factory.mktemp("export-detect") / "run"
-    summary = lamina.train("detect", data=str(root), epochs=1, out=str(out), quiet=True, sets=test_detect.TINY_SETS)
-    return root, Path(summary["run"])
+def classify_run(served_runs) -> Path:
+    return served_runs / "classify"
 
 
 @pytest.fixture(scope="module")
-def text_and_reader(tmp_path_factory) -> tuple[Path, Path]:
-    root = test_read.build_in(tmp_path_factory.mktemp("export-text"), test_read.TINY)
-    out = tmp_path_factory.mktemp("export-read") / "run"
-    summary = lamina.train("read", data=str(root), epochs=1, out=str(out), quiet=True, sets=test_read.TINY_SETS)
-    return root, Path(summary["run"])
+def scenes_and_detector(served_runs) -> tuple[Path, Path]:
+    return data_of(served_runs / "detect"), served_runs / "detect"
+
+
+@pytest.fixture(scope="module")
+def text_and_reader(served_runs) -> tuple[Path, Path]:
+    return data_of(served_runs / "read"), served_runs / "read"
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:
@@ -117,7 +109,7 @@ def test_a_classifier_exports_with_its_normalisation_and_labels(classify_run, tm
     assert described["labels"] == run.meta["classes"] == ["bars", "columns", "dots"]
     assert described["image"]["normalisation"]["mean"] == run.meta["mean"]
 
-    files = sorted((classify_run.parent / "shapes" / "test").rglob("*.png"))
+    files = sorted((data_of(classify_run) / "test").rglob("*.png"))
     real = torch.stack([img.load_image(f, 1, 16) for f in files])  # (6, 1, 16, 16) as predict reads them
     generator = torch.Generator().manual_seed(0)
     for x in (real[:1], real, torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8, generator=generator)):
@@ -170,13 +162,20 @@ def test_a_detector_exports_and_finds_the_same_objects_or_none(scenes_and_detect
     larger = torch.nn.functional.interpolate(scene[None].float(), size=(96, 120), mode="bilinear")[0]
     for path in (result["onnx"], tmp_path / "traced-on-none.onnx"):
         for image in (scene, blank, larger.round().to(torch.uint8)):
-            got = dict(zip(["boxes", "labels", "scores", "masks"], run_onnx(path, {"image": image})))
-            want = detections(run, image)
+            got = in_order(dict(zip(["boxes", "labels", "scores", "masks"], run_onnx(path, {"image": image}))))
+            want = in_order({k: v.numpy() for k, v in detections(run, image).items()})
             assert got["masks"].shape[1:] == image.shape[1:]
             close(got["boxes"], want["boxes"], BOX_ATOL)
             close(got["scores"], want["scores"])
             close(got["masks"], want["masks"], 1e-3)
-            assert (got["labels"] == want["labels"].numpy()).all()
+            assert (got["labels"] == want["labels"]).all()
+
+
+def in_order(found: dict) -> dict:
+    """Detections by falling score, ties (an untrained head scores objects alike) by their box."""
+    boxes, scores = np.asarray(found["boxes"]), np.round(np.asarray(found["scores"]), 4)
+    order = np.lexsort((*np.round(boxes.T[::-1], 1), -scores)) if len(scores) else np.arange(0)
+    return {k: np.asarray(v)[order] for k, v in found.items()}
 
 
 # ----- transcribe ----------------------------------------------------------------------------------
