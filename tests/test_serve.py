@@ -23,6 +23,7 @@ pytest.importorskip("multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from lamina.errors import UsageError  # noqa: E402
 from lamina.serve import create_app  # noqa: E402
 from lamina.serve.endpoints import find_runs  # noqa: E402
 from lamina.serve.limits import Limits, with_overrides  # noqa: E402
@@ -239,6 +240,18 @@ BAD = {
     ),
     "prompt too long": ("post", "/runs/lm/generate", {"json": {"prompt": "a" * 2001}}, 422),
     "over a generation limit": ("post", "/runs/lm/generate", {"json": {"length": 1_000_000}}, 422),
+    "integer overflow": (
+        "post",
+        "/runs/lm/generate",
+        {"content": b'{"seed": 1' + b"0" * 400 + b"}", "headers": {"content-type": "application/json"}},
+        422,
+    ),
+    "eps (a Ghostscript format)": (
+        "post",
+        "/runs/classify/predict",
+        {"files": {"inputs": ("a.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")}},
+        400,
+    ),
     "beam over the limit": ("post", "/runs/translate/translate", {"json": {"texts": ["a"], "beam": 1000}}, 422),
     "value the task refuses": ("post", "/runs/lm/generate", {"json": {"length": 5, "temperature": -1}}, 422),
     "unknown run": ("post", "/runs/nobody/predict", {"json": {}}, 404),
@@ -374,9 +387,22 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path, served_runs, capsys):
 
 
 def test_limits_from_the_command_line():
-    limits = with_overrides(Limits(), ["audio_seconds=30", "queue=4", "length=500"])
+    limits = with_overrides(Limits(), ["audio_seconds=30", "queue=4", "length=500", "temperature=2"])
     assert (limits.audio_seconds, limits.queue, limits.options["length"]) == (30.0, 4, 500.0)
-    assert isinstance(limits.queue, int)
+    assert isinstance(limits.queue, int) and limits.options["temperature"] == 2
+    for typo in ("queu=4", "queue=0.5"):
+        with pytest.raises(UsageError):
+            with_overrides(Limits(), [typo])
+
+
+def test_answers_hold_no_nan():
+    from lamina.serve.app import finite
+
+    assert finite({"score": float("-inf"), "m": [1.0, float("nan")], "n": 2}) == {
+        "score": None,
+        "m": [1.0, None],
+        "n": 2,
+    }
 
 
 def test_serve_with_worker_processes(served_runs, tmp_path):

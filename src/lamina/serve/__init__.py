@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 from lamina.errors import LaminaError
@@ -62,10 +63,23 @@ def serve(
     print(f"serving {len(runs)} run{'s' * (len(runs) != 1)} ({', '.join(runs)}) on http://{host}:{port}/", flush=True)
     if workers == 1:
         app = create_app(runs, limits, device, threads)
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, **connections(limits))
         return
     os.environ[ENVIRONMENT] = json.dumps(
         {"runs": {k: str(v) for k, v in runs.items()}, "limits": limits.to_dict(), "device": device, "threads": threads}
     )
-    uvicorn.run("lamina.serve.app:from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=5)  # fmt: skip
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("lamina.serve.app:from_environment", factory=True, host=host, port=port, workers=workers,
+                            log_level="warning", timeout_graceful_shutdown=5, **connections(limits))  # fmt: skip
+    sock = config.bind_socket()
+    # uvicorn binds a socket of protocol 0, on whose connections asyncio leaves Nagle's algorithm on:
+    # with delayed ACKs every small answer then waited 40 ms. Accepted sockets inherit TCP_NODELAY.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[sock]).run()
+
+
+def connections(limits) -> dict:
+    """How many connections one process holds at once (more get 503 from uvicorn): the queue's
+    requests plus as many again still sending their bodies or reading their answers."""
+    return {"limit_concurrency": 2 * limits.queue + 16}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import traceback
@@ -38,10 +39,21 @@ STATIC = Path(__file__).parent / "static"
 ENVIRONMENT = "LAMINA_SERVE"  # the configuration handed to uvicorn's worker processes
 
 
+def finite(value: Any) -> Any:
+    """JSON has no NaN or infinity (a score of -inf, the metrics of a run that diverged): null instead."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def tidy(result: dict[str, Any], run: str, names: list[str] | None) -> dict[str, Any]:
-    """The verb's dict as the client should see it: the run by name (not its path here) and each
-    upload by its own file name."""
-    result = dict(result)
+    """The verb's dict as the client should see it: the run by name (not its path here), each upload
+    by its own file name, and no NaN."""
+    result = finite(result)
     if "run" in result:
         result["run"] = run
     if names is not None:
@@ -70,34 +82,47 @@ def failure(exc: BaseException) -> Any:
 async def read_request(request, endpoint: Endpoint, limits: Limits) -> tuple[Any, dict[str, Any], list | None]:
     """(inputs: decoded later on the inference thread, as (kind, bytes, name) or texts; options; upload
     names)."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if endpoint.uploads:
         if content_type != "multipart/form-data":
             raise Refused(415, f"{endpoint.path} takes multipart/form-data (files under {endpoint.input.dest!r})")
+        files, given = [], {}
         try:
-            form = await request.form(max_files=limits.inputs, max_fields=64)
+            async with request.form(max_files=limits.inputs, max_fields=64) as form:  # closes spooled uploads
+                for key, value in form.multi_items():
+                    if hasattr(value, "filename") and hasattr(value, "read"):
+                        if key not in (endpoint.input.dest, "file", "files"):
+                            raise Refused(422, f"unexpected file field {key!r}: send files as {endpoint.input.dest!r}")
+                        files.append((value.filename or f"upload-{len(files) + 1}", await value.read()))
+                    elif key in given:
+                        raise Refused(422, f"option {key!r} given twice")
+                    else:
+                        given[key] = value
         except Refused:
             raise
+        except HTTPException as exc:  # the body limit's 413, or starlette's refusal of a malformed form
+            if exc.status_code != 400:
+                raise
+            detail = str(exc.detail)
+            raise Refused(413 if "Too many" in detail else 400, f"malformed upload: {detail}") from None
+        except ClientDisconnect:
+            raise Refused(400, "the client left before sending the whole body") from None
         except Exception as exc:  # starlette's multipart errors (too many files, a broken body)
-            status = getattr(exc, "status_code", 400)
-            raise Refused(413 if "Too many" in str(getattr(exc, "detail", exc)) else status,
-                          f"malformed upload: {getattr(exc, 'detail', exc)}") from None  # fmt: skip
-        files, given = [], {}
-        for key, value in form.multi_items():
-            if hasattr(value, "filename") and hasattr(value, "read"):
-                if key not in (endpoint.input.dest, "file", "files"):
-                    raise Refused(422, f"unexpected file field {key!r}: send files as {endpoint.input.dest!r}")
-                files.append((value.filename or f"upload-{len(files) + 1}", await value.read()))
-            elif key in given:
-                raise Refused(422, f"option {key!r} given twice")
-            else:
-                given[key] = value
+            detail = str(getattr(exc, "detail", exc))
+            raise Refused(413 if "Too many" in detail else getattr(exc, "status_code", 400),
+                          f"malformed upload: {detail}") from None  # fmt: skip
         decode.count(len(files), endpoint.input.dest, limits)
         names = [name for name, _ in files]
         return [(endpoint.input.input, data, name) for name, data in files], given, names
     if content_type != "application/json":
         raise Refused(415, f"{endpoint.path} takes a JSON object (Content-Type: application/json)")
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        raise Refused(400, "the client left before sending the whole body") from None
     try:
         given = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -173,7 +198,9 @@ def create_app(
         reason = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404:
             reason = f"not found: {_request.url.path}"
-        return refusal(exc.status_code, reason)
+        response = refusal(exc.status_code, reason)
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
@@ -193,10 +220,9 @@ def create_app(
 
     @app.get("/runs")
     async def list_runs():
-        return {
-            "runs": [describe_run(name, run, endpoints) for name, run in loaded.items()],
-            "limits": limits.to_dict(),
-        }
+        return finite(
+            {"runs": [describe_run(name, run, endpoints) for name, run in loaded.items()], "limits": limits.to_dict()}
+        )
 
     def route(endpoint: Endpoint):
         async def handle(request: Request):
@@ -251,7 +277,7 @@ def create_app(
                 while True:
                     kind, value = item
                     if kind == "piece":
-                        yield json.dumps({"piece": value}) + "\n"
+                        yield json.dumps({"piece": finite(value)}) + "\n"
                     else:
                         yield json.dumps({"result": tidy(value, endpoint.run, None)}) + "\n"
                         return

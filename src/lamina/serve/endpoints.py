@@ -167,8 +167,8 @@ def parse_options(endpoint: Endpoint, given: dict[str, Any], limits: Limits) -> 
             continue
         try:
             value = _coerce(value, kind)
-        except (TypeError, ValueError):
-            raise Refused(422, f"option {key!r} must be a {kind.__name__}, not {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise Refused(422, f"option {key!r} must be a {kind.__name__}, not {str(value)[:40]!r}") from None
         if "choices" in a.options and value not in a.options["choices"]:
             raise Refused(422, f"option {key!r} must be one of {', '.join(map(str, a.options['choices']))}")
         if kind is str and len(value) > limits.text_chars:
@@ -193,7 +193,7 @@ def _coerce(value: Any, kind: type) -> Any:
         raise TypeError(value)
     if kind is int:
         number = float(value) if isinstance(value, str) else value
-        if not float(number).is_integer():
+        if not float(number).is_integer() or abs(number) >= 2**63:
             raise ValueError(value)
         return int(number)
     if kind is float:

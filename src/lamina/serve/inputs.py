@@ -16,6 +16,10 @@ from PIL import Image, ImageOps
 
 from lamina.serve.limits import Limits
 
+# The formats an upload may be: Pillow's other readers (EPS through Ghostscript, FITS, PSD, ...) are
+# never reached from a request.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+
 
 class Refused(Exception):
     """A request the server answers with `status` and a one-line `reason`, without running a model."""
@@ -31,7 +35,7 @@ def image(data: bytes, name: str, limits: Limits) -> Image.Image:
     if not data:
         raise Refused(400, f"{name}: empty file")
     try:
-        picture = Image.open(io.BytesIO(data))
+        picture = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
         raise Refused(413, f"{name}: far more pixels than the limit of {limits.image_pixels:,}") from None
     except Image.UnidentifiedImageError:

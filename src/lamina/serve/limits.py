@@ -55,11 +55,21 @@ def parse_limit(text: str) -> tuple[str, float]:
 
 def with_overrides(limits: Limits, pairs: list[str]) -> Limits:
     """`limits` with `--limit NAME=VALUE` pairs applied: a field of Limits, or else an option's largest value."""
+    from lamina.tasks import list_tasks
+
+    declared = {a.dest for t in list_tasks() for verb in t.verbs for a in verb.args} | {
+        a.dest for t in list_tasks() for a in t.predict_args
+    }
     values, options = limits.to_dict(), dict(limits.options)
     for text in pairs:
         name, number = parse_limit(text)
         if name in values and name != "options":
+            if isinstance(values[name], int) and not (number.is_integer() and number >= 1):
+                raise UsageError(f"--limit {text}: {name} is a whole number of at least 1")
             values[name] = int(number) if isinstance(values[name], int) else number
-        else:
+        elif name in declared:
             options[name] = number
+        else:
+            fields = ", ".join(k for k in values if k != "options")
+            raise UsageError(f"--limit {text}: no such limit ({fields}, or the largest value of an option)")
     return Limits.from_dict({**values, "options": options})

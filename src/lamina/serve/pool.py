@@ -45,11 +45,16 @@ class InferencePool:
         """work() on the inference thread. After `seconds` the client is answered 504; the work itself
         cannot be interrupted and keeps its place in the queue until it ends."""
         self._admit()
-        future = self.thread.submit(work)
+        try:
+            future = self.thread.submit(work)
+        except RuntimeError:  # shutting down
+            self._done()
+            raise Refused(503, "the server is shutting down") from None
         future.add_done_callback(self._done)
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), seconds)
         except asyncio.TimeoutError:
+            future.cancel()  # not started yet: it never will be (started: it runs to its end)
             raise Refused(504, f"the request took longer than the limit of {seconds:g} s") from None
 
     async def stream(self, work: Callable[[Callable[[Any], None]], Any], seconds: float) -> AsyncIterator[Any]:
@@ -112,6 +117,7 @@ class InferencePool:
         try:
             return await asyncio.wait_for(asyncio.shield(answer), seconds)
         except asyncio.TimeoutError:
+            answer.cancel()  # a batch not started yet leaves this request out
             raise Refused(504, f"the request took longer than the limit of {seconds:g} s") from None
 
     def _run_batch(self, batch: _Batch) -> None:
@@ -151,28 +157,46 @@ class _Batch:
     size: int = 0  # inputs over every request
 
     def run(self) -> None:
-        for request in self.requests:
-            try:
-                request.inputs = self.decode(request.items)
-            except BaseException as exc:
-                request.error = exc
-                request.settle(error=exc)
-        ready = [r for r in self.requests if r.error is None]
-        if not ready:
-            return
+        """Decode each request's inputs, answer the ones that decode with one call, and every request
+        whatever happens: a call that fails for several requests is tried for each alone, so that
+        one request's bad input does not fail the others."""
+        ready = [r for r in self.requests if not r.answer.done()]  # not those answered 504 already
         try:
-            result = self.call([x for r in ready for x in r.inputs])
+            for r in ready:
+                try:
+                    r.inputs = self.decode(r.items)
+                except Exception as exc:
+                    r.settle(error=exc)
+                    r.error = exc
+            ready = [r for r in ready if r.error is None]
+            try:
+                self.answer(ready)
+            except Exception:
+                if len(ready) == 1:
+                    raise
+                for r in ready:
+                    try:
+                        self.answer([r])
+                    except Exception as alone:
+                        r.settle(error=alone)
         except BaseException as exc:
             for r in ready:
                 r.settle(error=exc)
+
+    def answer(self, ready: list[_Request]) -> None:
+        if not ready:
             return
+        result = self.call([x for r in ready for x in r.inputs])
+        entries = result.get("results") if isinstance(result, dict) else None
+        if not isinstance(entries, list) or len(entries) != sum(len(r.inputs) for r in ready):
+            raise RuntimeError("a batched verb must answer {'results': [one per input]}")
         start = 0
         for r in ready:
             share = dict(result)
-            share["results"] = result["results"][start : start + len(r.inputs)]
-            if len(ready) > 1:  # what the timings in the result are of
-                share["batch"] = {"requests": len(ready), "inputs": len(result["results"])}
+            share["results"] = entries[start : start + len(r.inputs)]
             start += len(r.inputs)
+            if len(ready) > 1:  # what the timings in the result are of
+                share["batch"] = {"requests": len(ready), "inputs": len(entries)}
             r.settle(result=share)
 
 
