@@ -29,7 +29,10 @@ from pathlib import Path
 from benchmarks.common import append_section, run_lamina, table
 
 CONCURRENCY = (1, 4, 16)
-MODES = {"unbatched": ["--limit", "batch=1"], "batched": []}  # one call of the verb per request, or shared
+# mode -> (worker processes, `lamina serve` options): one call of the verb per request, or shared; in
+# one process with every core, or in two with one core each (torch's threads cost small models more
+# in synchronisation than they give: benchmarks/onnx.py)
+MODES = {"unbatched": (1, ["--limit", "batch=1"]), "batched": (1, []), "batched-2-workers": (2, [])}
 SENTENCES = ["Open the file", "Save the document as a new file", "The connection to the server was lost",
              "Delete the selected messages?", "Show hidden files"]  # fmt: skip
 
@@ -123,12 +126,22 @@ async def load(url: str, request, clients: int, count: int, seconds: float) -> d
             "p95_ms": pick(0.95), "p99_ms": pick(0.99)}  # fmt: skip
 
 
+def median_point(points: list[dict]) -> dict:
+    """The repeats of one point: requests summed, each rate and latency their median."""
+    out = {"clients": points[0]["clients"], "requests": sum(p["requests"] for p in points),
+           "failed": sum(p["failed"] for p in points)}  # fmt: skip
+    for key in ("requests_per_s", "p50_ms", "p95_ms", "p99_ms"):
+        values = [p[key] for p in points if p[key] is not None]
+        out[key] = round(statistics.median(values), 1) if values else None
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", help="a folder holding runs named classify and translate (default: train them)")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--count", type=int, default=2000, help="requests per point at most")
-    parser.add_argument("--seconds", type=float, default=20, help="seconds per point at most")
+    parser.add_argument("--count", type=int, default=1000, help="requests per point at most")
+    parser.add_argument("--seconds", type=float, default=10, help="seconds per point at most")
+    parser.add_argument("--repeats", type=int, default=3, help="times each point is measured, alternating modes")
     parser.add_argument("--memory-requests", type=int, default=10_000)
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     a = parser.parse_args()
@@ -144,50 +157,59 @@ def main() -> None:
     def translate(http):
         return http.post("/runs/translate/translate", json={"texts": [SENTENCES[next(counter) % len(SENTENCES)]]})
 
+    # Every mode's server runs at once (an idle one costs nothing) and the points alternate between
+    # them, `repeats` times: this machine's speed drifts by more than the modes differ.
+    servers = {mode: start_server(runs, workers, extra) for mode, (workers, extra) in MODES.items()}
     rows, memory = [], {}
-    for mode, extra in MODES.items():
-        server, url = start_server(runs, a.workers, extra)
-        try:
+    try:
+        for _, url in servers.values():
             asyncio.run(load(url, classify, 16, 200, 10))  # warm-up: first calls (and batch sizes) allocate
             asyncio.run(load(url, translate, 16, 100, 10))
-            for name, request in (("classify", classify), ("translate", translate)):
-                for clients in CONCURRENCY:
-                    row = {
-                        "mode": mode,
-                        "endpoint": name,
-                        **asyncio.run(load(url, request, clients, a.count, a.seconds)),
-                    }
+        for name, request in (("classify", classify), ("translate", translate)):
+            for clients in CONCURRENCY:
+                measured = {mode: [] for mode in servers}
+                for _ in range(a.repeats):
+                    for mode, (_, url) in servers.items():
+                        measured[mode].append(asyncio.run(load(url, request, clients, a.count, a.seconds)))
+                for mode, points in measured.items():
+                    row = {"mode": mode, "endpoint": name, **median_point(points)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-            if mode == "batched":
-                before = rss_mib(server.pid)
-                memory = asyncio.run(load(url, classify, 4, a.memory_requests, 3600))
-                after = rss_mib(server.pid)
-                memory.update(rss_before_mib=round(before, 1), rss_after_mib=round(after, 1),
-                              growth_mib=round(after - before, 1))  # fmt: skip
-                print(json.dumps({"memory": memory}), flush=True)
-        finally:
+        server, url = servers["batched"]
+        before = rss_mib(server.pid)
+        memory = asyncio.run(load(url, classify, 4, a.memory_requests, 3600))
+        after = rss_mib(server.pid)
+        memory.update(rss_before_mib=round(before, 1), rss_after_mib=round(after, 1),
+                      growth_mib=round(after - before, 1))  # fmt: skip
+        print(json.dumps({"memory": memory}), flush=True)
+    finally:
+        for server, _ in servers.values():
             server.send_signal(signal.SIGINT)
+        for server, _ in servers.values():
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    for row in rows:  # dynamic batching against one call per request, same endpoint and clients
-        if row["mode"] == "batched":
+    for row in rows:  # against one call per request in one process, same endpoint and clients
+        if row["mode"] != "unbatched":
             base = next(r for r in rows if r["mode"] == "unbatched" and r["endpoint"] == row["endpoint"]
                         and r["clients"] == row["clients"])  # fmt: skip
             row["vs_unbatched"] = f"{row['requests_per_s'] / max(base['requests_per_s'], 1e-9):.2f}x"
-    summary = {"workers": a.workers, "points": rows, "memory": memory}
+    summary = {"points": rows, "memory": memory}
     print(json.dumps(summary))
     if a.no_record:
         return
     body = (
-        f"`lamina serve` with {a.workers} worker process{'es' * (a.workers > 1)} on the loopback interface; "
+        "`lamina serve` on the loopback interface; "
         f"clients are asyncio httpx tasks in the benchmark's process, sharing the cores. Each point: at most "
-        f"{a.count} requests or {a.seconds:g} s. classify: one 28x28 Fashion-MNIST PNG per request "
+        f"{a.count} requests or {a.seconds:g} s, measured {a.repeats} times alternating between the modes' "
+        f"servers (all started at once); requests summed, rates and latencies the median. "
+        f"classify: one 28x28 Fashion-MNIST PNG per request "
         f"(vgg-s, multipart upload); translate: one short sentence per request (attention model, beam 5).\n\n"
-        + "Modes: `unbatched` (`--limit batch=1`: one call of the verb per request) and `batched` (the default: "
-        "requests that queue together share one call); `vs_unbatched` is the ratio of requests/s.\n\n"
+        + "Modes: `unbatched` (`--limit batch=1`: one call of the verb per request), `batched` (the default: "
+        "requests that queue together share one call), both in one process with 2 torch threads, and "
+        "`batched-2-workers` (`--workers 2`: two processes of one torch thread each); `vs_unbatched` is the "
+        "ratio of requests/s.\n\n"
         + table(
             rows,
             [
