@@ -139,13 +139,13 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served_runs(tmp_path_factory) -> Path:
+def served_runs(tmp_path_factory, detect_run, read_run, caption_run) -> Path:
     """A folder of seven tiny runs, one per task (tests/served.py), that the server tests serve."""
     from served import build_runs
 
     base = tmp_path_factory.mktemp("served")
     with lamina_home(base / "home"):
-        runs = build_runs(base)
+        runs = build_runs(base, {"detect": detect_run, "read": read_run, "caption": caption_run})
     share_read_only("served_runs", runs)
     return runs
 
@@ -157,3 +157,71 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+# The tiny scenes, text scenes and captioned scenes, and a run trained on each: shared by their tasks'
+# tests and by the server's (only read; checked by shared_runs_stay_unchanged).
+@pytest.fixture(scope="session")
+def scene_folder(tmp_path_factory) -> Path:
+    from test_detect import TINY, build_in
+
+    root = build_in(tmp_path_factory.mktemp("scenes-home"), TINY)
+    share_read_only("scene_folder", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def detect_run(tmp_path_factory, scene_folder) -> Path:
+    import lamina
+    from test_detect import TINY_SETS
+
+    base = tmp_path_factory.mktemp("detect-run")
+    summary = lamina.train(
+        "detect", data=str(scene_folder), epochs=2, out=str(base / "run"), quiet=True, sets=TINY_SETS
+    )
+    share_read_only("detect_run", base)
+    return Path(summary["run"])
+
+
+@pytest.fixture(scope="session")
+def text_folder(tmp_path_factory) -> Path:
+    from test_read import TINY, build_in
+
+    root = build_in(tmp_path_factory.mktemp("text-home"), TINY)
+    share_read_only("text_folder", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def read_run(tmp_path_factory, text_folder) -> Path:
+    import lamina
+    from test_read import TINY_SETS
+
+    base = tmp_path_factory.mktemp("read-run")
+    summary = lamina.train("read", data=str(text_folder), epochs=1, out=str(base / "run"), quiet=True,
+                           sets=TINY_SETS)  # fmt: skip
+    share_read_only("read_run", base)
+    return Path(summary["run"])
+
+
+@pytest.fixture(scope="session")
+def caption_folder(tmp_path_factory) -> Path:
+    from lamina.data import captions
+    from test_caption import TINY
+
+    with lamina_home(tmp_path_factory.mktemp("caption-home")):
+        root = captions.build(TINY, processes=2)
+    share_read_only("caption_folder", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def caption_run(tmp_path_factory, caption_folder) -> Path:
+    import lamina
+    from test_caption import TINY_SETS
+
+    base = tmp_path_factory.mktemp("caption-run")
+    summary = lamina.train("caption", data=str(caption_folder), epochs=2, out=str(base / "run"), quiet=True,
+                           sets=TINY_SETS)  # fmt: skip
+    share_read_only("caption_run", base)
+    return Path(summary["run"])

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import lamina
-from conftest import CPU, lamina_home, share_read_only
+from conftest import CPU, lamina_home
 from lamina.cli import main
 from lamina.data import captions
 from lamina.data.vocab import BOS, EOS, WordVocab
@@ -24,23 +24,6 @@ TINY = captions.CaptionSpec.for_size(64, train=60, val=12, test=24)
 TINY_SETS = ["data.image_size=64", "data.scenes=60", "data.val_scenes=12", "data.test_scenes=24",
              "model.hidden=48", "model.embed=32", "model.widths=[8,16,24]", *CPU]  # fmt: skip
 SMALL = dict(embed=24, hidden=40, widths=(8, 12, 16))
-
-
-@pytest.fixture(scope="session")
-def caption_folder(tmp_path_factory) -> Path:
-    with lamina_home(tmp_path_factory.mktemp("caption-home")):
-        root = captions.build(TINY, processes=2)
-    share_read_only("caption_folder", root)
-    return root
-
-
-@pytest.fixture(scope="session")
-def caption_run(tmp_path_factory, caption_folder) -> Path:
-    base = tmp_path_factory.mktemp("caption-run")
-    summary = lamina.train("caption", data=str(caption_folder), epochs=2, out=str(base / "run"), quiet=True,
-                           sets=TINY_SETS)  # fmt: skip
-    share_read_only("caption_run", base)
-    return Path(summary["run"])
 
 
 def split_of(root: Path, split: str) -> tuple[list[dict], dict[int, list[str]], dict[int, list[dict]]]:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import lamina
-from conftest import CPU, lamina_home, share_read_only
+from conftest import CPU, lamina_home
 from lamina.cli import main
 from lamina.data import coco, scenes
 from lamina.errors import LaminaError
@@ -24,23 +24,6 @@ def build_in(home: Path, spec: scenes.SceneSpec) -> Path:
     """spec's scenes made under the lamina home `home` (the tests' own is per test)."""
     with lamina_home(home):
         return scenes.build(spec, processes=2)
-
-
-@pytest.fixture(scope="session")
-def scene_folder(tmp_path_factory) -> Path:
-    root = build_in(tmp_path_factory.mktemp("scenes-home"), TINY)
-    share_read_only("scene_folder", root)
-    return root
-
-
-@pytest.fixture(scope="session")
-def detect_run(tmp_path_factory, scene_folder) -> Path:
-    base = tmp_path_factory.mktemp("detect-run")
-    summary = lamina.train(
-        "detect", data=str(scene_folder), epochs=2, out=str(base / "run"), quiet=True, sets=TINY_SETS
-    )
-    share_read_only("detect_run", base)
-    return Path(summary["run"])
 
 
 def annotations(root: Path, split: str) -> dict:

@@ -95,10 +95,11 @@ def answer(panel) -> dict:
     return json.loads(panel.locator(".raw pre").text_content())
 
 
-def pictures(served_runs: Path, home: str, n: int = 1) -> list[str]:
-    """Test images of the data a run was trained on (tests/served.py builds them beside the runs)."""
-    found = sorted((served_runs.parent / home).glob("data/*/*/test/*.jpg"))
-    assert found, f"no test images under {served_runs.parent / home}"
+def pictures(served_runs: Path, task: str, n: int = 1) -> list[str]:
+    """Test images of the data the served `task` run was trained on."""
+    data = Path(json.loads((served_runs / task / "lamina.json").read_text())["config"]["data"]["name"])
+    found = sorted((data / "test").glob("*.jpg"))
+    assert found, f"no test images under {data}"
     return [str(p) for p in found[:n]]
 
 
@@ -171,7 +172,7 @@ def test_classify_a_drawing_shows_a_probability_bar_per_class(page):
 
 def test_detect_draws_boxes_and_masks_over_the_image(page, served_runs):
     panel = open_tab(page, "detect")
-    scenes = pictures(served_runs, "home-scenes", 3)
+    scenes = pictures(served_runs, "detect", 3)
     panel.get_by_test_id("image-file").set_input_files(scenes)
     panel.get_by_label("threshold").fill("0")
     panel.get_by_test_id("go").click()
@@ -215,7 +216,7 @@ def test_the_page_decodes_coco_compressed_masks_as_pycocotools_encodes_them(page
 
 def test_read_outlines_the_words_over_the_image(page, served_runs):
     panel = open_tab(page, "read")
-    panel.get_by_test_id("image-file").set_input_files(pictures(served_runs, "home-text"))
+    panel.get_by_test_id("image-file").set_input_files(pictures(served_runs, "read"))
     panel.get_by_test_id("go").click()
     sync_api.expect(panel.locator(".overlaid[data-drawn]")).to_have_count(1)
     words = answer(panel)["results"][0]["words"]
@@ -231,7 +232,7 @@ def test_read_outlines_the_words_over_the_image(page, served_runs):
 
 def test_caption_shows_the_caption_and_a_heat_map_per_word(page, served_runs):
     panel = open_tab(page, "caption")
-    image = pictures(served_runs, "home-captions")[0]
+    image = pictures(served_runs, "caption")[0]
     drop(page, panel.get_by_test_id("drop-zone"), image)
     sync_api.expect(panel.get_by_test_id("previews").locator("figcaption")).to_have_text(Path(image).name)
     panel.get_by_label("attention").check()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import lamina
-from conftest import CPU, lamina_home, share_read_only
+from conftest import CPU, lamina_home
 from lamina import metrics
 from lamina.cli import main
 from lamina.data import ocr, scenes, synthtext
@@ -26,22 +26,6 @@ TINY_SETS = ["data.image_size=160", "data.crop_size=128", "data.scenes=24", "dat
 def build_in(home: Path, spec: synthtext.TextSpec) -> Path:
     with lamina_home(home):
         return synthtext.build(spec, processes=2)
-
-
-@pytest.fixture(scope="session")
-def text_folder(tmp_path_factory) -> Path:
-    root = build_in(tmp_path_factory.mktemp("text-home"), TINY)
-    share_read_only("text_folder", root)
-    return root
-
-
-@pytest.fixture(scope="session")
-def read_run(tmp_path_factory, text_folder) -> Path:
-    base = tmp_path_factory.mktemp("read-run")
-    summary = lamina.train("read", data=str(text_folder), epochs=1, out=str(base / "run"), quiet=True,
-                           sets=TINY_SETS)  # fmt: skip
-    share_read_only("read_run", base)
-    return Path(summary["run"])
 
 
 def polygon_mask(quad, shape, grow: float = 0.0) -> np.ndarray:
