@@ -19,6 +19,7 @@ API = (
     "register_dataset",
     "register_model",
     "register_task",
+    "search",
     "train",
 )
 __all__ = ["__version__", *API]

@@ -162,6 +162,13 @@ def inspect(what: str, runs: list, device: str = "cpu", **options) -> dict[str, 
     return getattr(loaded[0].task, verb.attr)(loaded, **options)
 
 
+def search(task: str, **options) -> dict[str, Any]:
+    """lamina search TASK: Optuna over the task's settings, every trial a run (lamina.tune.search)."""
+    from lamina.tune import search as run_search
+
+    return run_search(task, **options)
+
+
 def _build(task: Task, name: str, args: dict[str, Any], device: torch.device) -> nn.Module:
     model = get_model(task.name, name, **args)
     if task.cfg.train.channels_last:
@@ -291,6 +298,7 @@ def train(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     started: float | None = None,
+    on_evaluation=None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Train a model for `task`; settings are its train flags (data=..., epochs=..., lr=...; see
@@ -298,8 +306,9 @@ def train(
     the task read from it. Under torchrun, every process calls this and trains its share.
 
     The time budget counts from `started` (a time.monotonic() value; default: now), so data loading,
-    evaluation and saving are all inside it. Returns a summary: run directory, status, best
-    validation and test metrics, timings.
+    evaluation and saving are all inside it. `on_evaluation(record, progress)` is told each
+    evaluation (engine.loop.Trainer) and stops training by returning True. Returns a summary: run
+    directory, status, best validation and test metrics, timings.
     """
     started = time.monotonic() if started is None else started
     if resume not in (False, True):
@@ -325,7 +334,7 @@ def train(
         dist.start(device)
         try:
             with log.quiet(cfg.train.quiet or not dist.main):
-                return _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist)
+                return _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist, on_evaluation)
         finally:
             dist.stop()
     except LaminaError as exc:
@@ -334,7 +343,7 @@ def train(
         raise Reported(str(exc)) from None  # every process meets it; the main one says it
 
 
-def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> dict[str, Any]:
+def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist, on_evaluation=None) -> dict[str, Any]:
     saved = ckpt.load_trainer(run_dir / ckpt.TRAINER_FILE) if resume else None
     saved_meta = ckpt.read_run(run_dir, need_weights=False).get("meta") if resume else None
     torch.manual_seed(dist.seed(cfg.train.seed))
@@ -362,6 +371,7 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist) -> 
         val_samples=val.n_samples if val else 0,
         carry=task_obj,
         dist=dist,
+        on_evaluation=on_evaluation,
     )
     if saved is not None:
         saved["model"] = task_obj.upgrade_state(saved["model"], prepared.meta)

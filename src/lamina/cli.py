@@ -144,6 +144,22 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true", help="print one JSON object: {task, run, onnx, preprocessing, ...}")
     x.set_defaults(handler=cmd_export)
 
+    se = sub.add_parser("search", help="search a task's settings with Optuna: every trial a run, the study resumable")
+    se.add_argument("task")
+    se.add_argument("--trials", type=int, default=20, help="trials in the study (default: 20)")
+    se.add_argument("--time-budget", type=float, default=75, metavar="S", help="seconds of each trial (default: 75)")
+    se.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds of search")
+    se.add_argument("--space", metavar="FILE.yaml", help="settings to search: KEY: [choices] or {low, high, log}")
+    se.add_argument("--out", metavar="DIR", help="the study and its trials' runs (default: runs/search-TASK)")
+    se.add_argument("--nproc", type=int, default=1, help="trials run at once, in processes sharing the cores")
+    se.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                    help="how trials that trail are stopped early (default: median)")  # fmt: skip
+    se.add_argument("--seed", type=int, default=0, help="the sampler's seed (each trial trains with train.seed)")
+    se.add_argument("--data", help="dataset name or path (default: the task's)")
+    se.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting every trial keeps")
+    se.add_argument("--json", action="store_true", help="print one JSON object: {task, trials, best, table, plot}")
+    se.set_defaults(handler=cmd_search)
+
     groups: dict[str, Any] = {}
     for task_cls in tasks:
         for verb in task_cls.verbs:
@@ -277,6 +293,28 @@ def cmd_export(a: argparse.Namespace) -> int:
             f"wrote {g['onnx']} ({g['exporter']} exporter, opset {g['opset']}; onnxruntime within "
             f"{g['max_abs_difference']:.1g} of PyTorch) and {g['preprocessing']}"
         )
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    settings = {"data": a.data} if a.data else {}
+    result = api.search(
+        a.task, trials=a.trials, time_budget=a.time_budget, timeout=a.timeout, space=a.space, out=a.out,
+        nproc=a.nproc, pruner=a.pruner, seed=a.seed, sets=a.set, **settings,
+    )  # fmt: skip
+    if a.json:
+        _print_json(result)
+        return 0
+    print(Path(result["table"]).read_text(), end="")
+    counts = f"{result['complete']} complete, {result['pruned']} pruned, {result['failed']} failed"
+    print(f"{counts} in {result['seconds']:.0f} s")
+    best = result["best"]
+    if best:
+        print(f"best: trial {best['trial']}, {result['metric']} {best['value']:.4f} ({best['run']})")
+        print(f"train it again: {best['command']}")
+    print(f"wrote {result['table']} and {result['plot']}")
     return 0
 
 

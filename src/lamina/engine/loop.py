@@ -157,7 +157,7 @@ class _Interrupt:
 @dataclass
 class FitResult:
     state: TrainState
-    status: str  # complete | time-budget | early-stop | interrupted
+    status: str  # complete | time-budget | early-stop | pruned | interrupted
     best_metrics: dict[str, float] | None
     history: list[dict[str, Any]]
     precision: str
@@ -179,10 +179,13 @@ class Trainer:
         val_samples: int = 0,
         carry: Any = None,
         dist: Distributed | None = None,
+        on_evaluation: Callable[[dict[str, Any], float], bool] | None = None,
     ):
         """`reserve_passes`: sample forward passes the caller runs after fit (e.g. the test set, times its
         views), kept out of the time budget; `val_samples`: size of the validation set, to time it;
-        `carry`: an object whose state_dict() the step function changes (saved for resume)."""
+        `carry`: an object whose state_dict() the step function changes (saved for resume);
+        `on_evaluation(record, progress)`: told every evaluation's log line and how far training has
+        gone (0..1); True stops training, as a hyper-parameter search prunes a trial that trails."""
         self.model, self.step_fn, self.train_data, self.evaluate_fn = model, step_fn, train, evaluate
         self.cfg, self.run_dir, self.precision = cfg, Path(run_dir), precision
         self.dist = dist or Distributed()
@@ -192,6 +195,7 @@ class Trainer:
         self.monitor_key, self.monitor_mode = monitor
         self.started = time.monotonic() if started is None else started
         self.reserve_passes, self.val_samples, self.carry = reserve_passes, val_samples, carry
+        self.on_evaluation = on_evaluation
         self.optimizer = build_optimizer(model, cfg.optim)
         self.lr_at = lr_factor(cfg.optim)
         self.state = TrainState(world=self.dist.world)
@@ -430,6 +434,8 @@ class Trainer:
         )
         if t.early_stop and s.evals_since_best >= t.early_stop:
             return "early-stop"
+        if self.on_evaluation is not None and self.on_evaluation(record, min(self.progress(), 1.0)):
+            return "pruned"
         return None
 
     def _improves(self, value: float | None) -> bool:

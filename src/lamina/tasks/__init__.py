@@ -15,7 +15,10 @@ TASKS: dict[str, type[Task]] = {}
 
 # What a task's declarations must not take: lamina's own commands, what every verb gets, what the
 # train command has besides settings, and what Run has besides verbs.
-COMMANDS = {"train", "evaluate", "predict", "export", "inspect", "models", "config", "runs", "data", "help"}
+COMMANDS = {
+    "train", "evaluate", "predict", "export", "inspect", "attack", "search", "explain", "serve", "models", "config",
+    "runs", "data", "help",
+}  # fmt: skip
 VERB_OPTIONS = {"run", "device", "json", "help"}
 TRAIN_OPTIONS = {"--out", "--resume", "--config", "--set", "--json", "--help"}
 RUN_ATTRIBUTES = {"path", "info", "config", "task", "model", "meta", "call", "evaluate", "predict"}

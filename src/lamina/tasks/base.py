@@ -18,6 +18,7 @@ It declares, as class attributes:
     transfer_from         other tasks whose runs --init takes (detect starts from a classify backbone)
     libraries             distributions whose versions affect its results (recorded in lamina.json)
     not_exported          why its runs have no ONNX export, where ``export_graphs`` is not implemented
+    search_space          what `lamina search` tries by default: setting key -> choices or {low, high, log}
 
 and implements the methods below. The engine only calls ``step`` and ``evaluate``; the API the rest.
 One level of inheritance, no more: a task overrides what it needs.
@@ -114,6 +115,7 @@ class Task:
     transfer_from: tuple[str, ...] = ()
     libraries: tuple[str, ...] = ()
     not_exported: str = "its models have no exportable graph yet"
+    search_space: dict[str, Any] = {}  # empty: the learning rate and weight decay around the defaults
 
     def __init__(
         self,

@@ -65,6 +65,18 @@ class ClassifyTask(Task):
     libraries = ("torchmetrics",)
     predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely classes to show"),)
     inputs = "image"
+    # What a recipe for a few minutes on a CPU can gain from: the network, the step size and its decay,
+    # regularisation, and the augmentation that pays off in longer runs.
+    search_space = {
+        "model.name": ["vgg-s", "vgg-m", "resnet8", "lenet5"],
+        "optim.lr": {"low": 0.02, "high": 0.8, "log": True},
+        "optim.weight_decay": {"low": 1e-5, "high": 5e-3, "log": True},
+        "optim.warmup": {"low": 0.05, "high": 0.4},
+        "train.batch_size": [64, 128, 256, 512],
+        "train.label_smoothing": {"low": 0.0, "high": 0.2},
+        "data.crop_padding": [0, 1, 2],
+        "data.erase": {"low": 0.0, "high": 0.5},
+    }
 
     # ----- data ---------------------------------------------------------------------------------
     def load_splits(
