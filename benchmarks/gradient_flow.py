@@ -5,7 +5,7 @@
 
 The three cells have about the same number of parameters (the LSTM's default 1.2 M). Each is trained
 on Shakespeare for the same wall time with `optim.grad_clip=1` and with `optim.grad_clip=0`; then
-`lamina inspect gradients` measures ||dL_T / dh_(T-t)|| for t up to 200 on 16 validation windows.
+`lamina inspect RUN gradients` measures ||dL_T / dh_(T-t)|| for t up to 200 on 16 validation windows.
 The plot goes to benchmarks/gradient-flow.png.
 """
 
@@ -79,7 +79,7 @@ def main() -> None:
                 if not (Path(out) / "model.safetensors").is_file():
                     rows.append(_row(cell, hidden[cell], label, loss, None))
                     continue
-                norms = api.inspect("gradients", [out], steps=a.steps, rows=16, out=Path(tmp) / "one.png")["curves"]
+                norms = api.inspect(out, "gradients", steps=a.steps, rows=16, out=Path(tmp))["curves"]
                 norms = next(iter(norms.values()))
                 curves[f"{cell}, {label.split(' (')[0]}"] = norms
                 rows.append(_row(cell, hidden[cell], label, loss, norms))
@@ -89,7 +89,7 @@ def main() -> None:
     training += ["--set", "optim.grad_clip=C"]
     body = table(rows, list(rows[0])) + (
         f"\n\nTraining: `{command_line(training)}`; "
-        f"measurement: `lamina inspect gradients RUN --steps {a.steps} --rows 16`. Plot: "
+        f"measurement: `lamina inspect RUN gradients --steps {a.steps} --rows 16`. Plot: "
         "[gradient-flow.png](gradient-flow.png). Norms are means over 16 validation windows; t is the "
         "distance in characters from the position whose loss is differentiated.\n"
     )

@@ -322,13 +322,15 @@ def test_cli_generate_evaluate_predict_inspect(capsys, lm_run, tmp_path):
     assert m["bpc"] == pytest.approx(m["loss"] / math.log(2)) and m["perplexity"] == pytest.approx(math.exp(m["loss"]))
     code, out, _ = run_cli(capsys, "predict", run_dir, "the ca", "--top-k", "2", "--json")
     assert code == 0 and json.loads(out)["results"][0]["next"][0]["char"] == "t"
-    plot = tmp_path / "flow.png"
-    code, out, _ = run_cli(capsys, "inspect", "gradients", run_dir, "--steps", "30", "--rows", "2", "--out", plot)
+    plot = tmp_path / "flow" / "gradient-flow.png"
+    code, out, _ = run_cli(
+        capsys, "inspect", run_dir, "gradients", "--steps", "30", "--rows", "2", "--out", plot.parent
+    )
     assert code == 0 and plot.read_bytes().startswith(b"\x89PNG")
     header, row, wrote = out.splitlines()
     assert header.split() == ["run", "t=0", "t=1", "t=10", "t=25"] and wrote == f"wrote {plot}"
     # The figures printed are the API's, at the steps the header names.
-    curves = lamina.inspect("gradients", [run_dir], steps=30, rows=2, out=str(tmp_path / "again.png"))["curves"]
+    curves = lamina.inspect(run_dir, "gradients", steps=30, rows=2, out=str(tmp_path / "again"))["curves"]
     assert row.split() == ["run", "(lstm)", *(f"{curves['run (lstm)'][t]:.2e}" for t in (0, 1, 10, 25))]
 
 
@@ -362,9 +364,9 @@ def test_text_input_errors(capsys, tmp_path, trained_run, lm_run):
     code, _, err = run_cli(capsys, "generate", trained_run)  # a classify run does not generate
     assert code == 2
     assert_one_line_error(err, "does not generate")
-    code, _, err = run_cli(capsys, "inspect", "gradients", trained_run)
-    assert code == 1
-    assert_one_line_error(err, "'classify' run, not a 'lm' run")
+    code, _, err = run_cli(capsys, "inspect", trained_run, "gradients")
+    assert code == 2
+    assert_one_line_error(err, "'gradients' does not apply to a classify run")
     code, _, err = run_cli(capsys, "train", "lm", "--data", "wikipedia")
     assert code == 2
     assert_one_line_error(err, "unknown dataset 'wikipedia'", "shakespeare")

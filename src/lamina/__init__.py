@@ -11,6 +11,7 @@ lamina.transcribe(run, files), lamina.generate(run, prompt=...), ...
 
 __version__ = "0.1.0"
 API = (
+    "attack",
     "evaluate",
     "export",
     "inspect",

@@ -35,11 +35,11 @@ from lamina.models.registry import check_options, count_parameters, get_model
 from lamina.tasks import Task, get_task, list_tasks
 
 
-def find_verb(name: str, group: str = "") -> tuple[type[Task], Verb] | None:
-    """The task that declares the verb `name` (in `group`), and the verb."""
+def find_verb(name: str) -> tuple[type[Task], Verb] | None:
+    """The task that declares the verb `name`, and the verb."""
     for task_cls in list_tasks():
         for verb in task_cls.verbs:
-            if (verb.name == name or verb.attr == name) and verb.group == group:
+            if verb.name == name or verb.attr == name:
                 return task_cls, verb
     return None
 
@@ -85,7 +85,7 @@ class Run:
 
     def call(self, name: str, *args, **arguments) -> dict[str, Any]:
         """Run the verb `name` that this run's task declares."""
-        verb = next((v for v in self.task.verbs if (v.name == name or v.attr == name) and not v.runs), None)
+        verb = next((v for v in self.task.verbs if v.name == name or v.attr == name), None)
         if verb is None:
             owner = find_verb(name)
             doer = f" (that is what {owner[0].name} runs do)" if owner else ""
@@ -151,15 +151,26 @@ def export(run: str | Path | Run, format: str = "onnx", out: str | Path | None =
     return export_run(run, format, out)
 
 
-def inspect(what: str, runs: list, device: str = "cpu", **options) -> dict[str, Any]:
-    """lamina inspect WHAT RUN...: a view of one or more runs, e.g. inspect('gradients', [lstm, rnn])."""
-    found = find_verb(what, "inspect")
-    if found is None:
-        names = sorted(v.name for t in list_tasks() for v in t.verbs if v.group == "inspect")
-        raise UsageError(f"nothing to inspect called {what!r}; choose from: {', '.join(names)}")
-    task_cls, verb = found
-    loaded = [load(r, device, task=task_cls.name) if not isinstance(r, Run) else r for r in runs]
-    return getattr(loaded[0].task, verb.attr)(loaded, **options)
+def inspect(
+    run: str | Path | Run, what: str, out: str | Path | None = None, device: str = "cpu", **arguments
+) -> dict[str, Any]:
+    """lamina inspect RUN WHAT: a view of a run, its pictures in `out` (default: RUN/inspect), e.g.
+    inspect(run, "gradcam", inputs=["shoe.png"]), inspect(run, "all"). lamina.insight has the views."""
+    from lamina.insight import inspect as view
+
+    return view(_load_each([run], device)[0], what, out, **arguments)
+
+
+def attack(
+    run: str | Path | Run, method: str = "pgd", eps: list[float] | None = None, device: str = "auto", **options
+) -> dict[str, Any]:
+    """lamina attack RUN: the run's test figure against adversarial examples of each size in `eps`
+    (lamina.adversarial; options: steps, step_size, target, limit, out_dir, seed)."""
+    loaded = _load_each([run], device)[0]
+    if options.get("out_dir") is None:
+        options["out_dir"] = loaded.path
+    result = loaded.task.attack(loaded.model, loaded.meta, method, eps, **options)
+    return {"task": loaded.task.name, "run": str(loaded.path), **result}
 
 
 def search(task: str, **options) -> dict[str, Any]:
@@ -349,6 +360,8 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist, on_
     torch.manual_seed(dist.seed(cfg.train.seed))
     precision = Precision(resolve_amp(cfg.train.amp, device), device)
     task_obj = task_cls(cfg, device, precision, run_dir, dist)
+    if cfg.train.adversarial != "off" and task_cls.perturb is Task.perturb:
+        task_obj.perturb(None, None)  # says, in one line and before any data is read, that this task has none
     prepared, run_dir = _prepare(task_obj, saved_meta, run_dir, automatic, resume, dist)
     model_args = {**cfg.model.args, **prepared.model_args}
     model = _build(task_obj, cfg.model.name, model_args, device)
@@ -372,6 +385,7 @@ def _train(task_cls, cfg, run_dir, automatic, resume, started, device, dist, on_
         carry=task_obj,
         dist=dist,
         on_evaluation=on_evaluation,
+        perturb=task_obj.perturb if cfg.train.adversarial != "off" else None,
     )
     if saved is not None:
         saved["model"] = task_obj.upgrade_state(saved["model"], prepared.meta)

@@ -83,14 +83,41 @@ def _union(parser: argparse.ArgumentParser, per_task: dict[str, tuple[Arg, ...]]
 
 def _verb_parser(sub, verb: Verb, task_cls) -> None:
     p = sub.add_parser(verb.name, help=verb.help)
-    if not verb.runs:
-        p.add_argument("run", help=f"a {task_cls.name} run directory")
+    p.add_argument("run", help=f"a {task_cls.name} run directory")
     defaults = verb.defaults(getattr(task_cls, verb.attr))
     for a in verb.args:
         a.add_to(p, defaults.get(a.dest, None))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help=f"print one JSON object: {verb.returns}" if verb.returns else "")
     p.set_defaults(handler=lambda a: cmd_verb(a, task_cls, verb))
+
+
+def _inspect_parser(sub, tasks) -> None:
+    """`lamina inspect RUN WHAT`: a subcommand per view any task declares (its options the union of the
+    tasks' declarations of it), and `all`."""
+    p = sub.add_parser("inspect", help="look inside a run: filters, activations, saliency, attention, ... (or all)")
+    p.add_argument("run", help="a run directory")
+    views = p.add_subparsers(dest="what", parser_class=_Parser, required=True, metavar="WHAT")
+    declared: dict[str, dict[str, Any]] = {}
+    for task_cls in tasks:
+        for v in task_cls.insights:
+            entry = declared.setdefault(v.name, {"help": v.help, "args": {}, "tasks": [], "defaults": {}})
+            entry["tasks"].append(task_cls.name)
+            entry["defaults"].update(v.defaults())
+            for a in v.args:
+                entry["args"].setdefault(a.flags, a)
+    inputs = Arg(("inputs",), {"nargs": "*", "metavar": "INPUT", "help": "inputs for the views that read one"})
+    declared["all"] = {"help": "every view that fits the run, in one folder with an index.html", "tasks": [],
+                       "args": {("inputs",): inputs}, "defaults": {}}  # fmt: skip
+    for name, entry in declared.items():
+        tasks_named = f" ({', '.join(entry['tasks'])})" if entry["tasks"] else ""
+        vp = views.add_parser(name, help=entry["help"] + tasks_named)
+        for a in entry["args"].values():
+            a.add_to(vp, entry["defaults"].get(a.dest))
+        vp.add_argument("--out", metavar="DIR", help="where the pictures go (default: RUN/inspect)")
+        vp.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
+        vp.add_argument("--json", action="store_true", help="print one JSON object: {view, run, plots, ...}")
+        vp.set_defaults(handler=cmd_inspect, view_args={a.dest for a in entry["args"].values()})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,15 +187,46 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true", help="print one JSON object: {task, trials, best, table, plot}")
     se.set_defaults(handler=cmd_search)
 
-    groups: dict[str, Any] = {}
+    ex = sub.add_parser("explain", help="the principles from scratch: back-propagation by hand, the classic pipeline")
+    exs = ex.add_subparsers(dest="explain_command", parser_class=_Parser, required=True, metavar="WHAT")
+    bp = exs.add_parser("backprop", help="an MLP in NumPy: forward and backward passes written out, trained")
+    bp.add_argument("--hidden", default="256,128", help="widths of the hidden layers (default: 256,128)")
+    bp.add_argument("--epochs", type=int, default=3)
+    bp.add_argument("--batch-size", type=int, default=64)
+    bp.add_argument("--lr", type=float, default=0.05, help="SGD step size, with momentum 0.9 (default: 0.05)")
+    bp.add_argument("--limit", type=int, default=0, help="use only the first N training and test images")
+    bp.add_argument("--seed", type=int, default=0)
+    bp.add_argument("--json", action="store_true", help="print one JSON object: {layers, gradient_check, epochs, ...}")
+    bp.set_defaults(handler=cmd_explain_backprop)
+    cl = exs.add_parser("classic", help="engineered features (HOG) and a linear SVM, as before deep learning")
+    cl.add_argument("--features", choices=["hog", "hog+bovw"], default="hog", help="HOG, or HOG and visual words")
+    cl.add_argument("--C", type=float, default=0.05, dest="C", help="the SVM's inverse regularisation (default: 0.05)")
+    cl.add_argument("--limit", type=int, default=0, help="use only the first N training and test images")
+    cl.add_argument("--json", action="store_true", help="print one JSON object: {features, test_accuracy, seconds}")
+    cl.set_defaults(handler=cmd_explain_classic)
+
+    _inspect_parser(sub, tasks)
+
+    at = sub.add_parser("attack", help="adversarial examples: a run's test figure against FGSM or PGD of each size")
+    at.add_argument("run")
+    at.add_argument("--method", choices=["fgsm", "pgd"], default="pgd", help="default: pgd")
+    at.add_argument("--eps", metavar="E,E,...", help="L-infinity sizes, pixels in [0, 1] (classify default: "
+                    "0,0.02,0.05,0.1; detect: 0,0.005,0.01,0.02)")  # fmt: skip
+    at.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
+    at.add_argument("--step-size", type=float, metavar="A", help="PGD step (default: 2.5 eps / steps)")
+    at.add_argument("--target", metavar="C", help="a targeted attack towards class C (name or index; classify)")
+    at.add_argument("--limit", type=int, help="test examples attacked (classify: 1000, detect: 50)")
+    at.add_argument("--seed", type=int, default=0, help="PGD's random start")
+    at.add_argument("--out", metavar="DIR", help="where the plots go (default: the run directory)")
+    at.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    at.add_argument(
+        "--json", action="store_true", help="print one JSON object: {method, n, curve: [{eps, ...}], plots}"
+    )
+    at.set_defaults(handler=cmd_attack)
+
     for task_cls in tasks:
         for verb in task_cls.verbs:
-            if verb.group and verb.group not in groups:
-                g = sub.add_parser(verb.group, help=f"{verb.group} runs: make the principles visible")
-                groups[verb.group] = g.add_subparsers(
-                    dest=f"{verb.group}_command", parser_class=_Parser, required=True, metavar="WHAT"
-                )
-            _verb_parser(groups[verb.group] if verb.group else sub, verb, task_cls)
+            _verb_parser(sub, verb, task_cls)
 
     m = sub.add_parser("models", help="list models: names, parameter counts, descriptions")
     m.add_argument("task", nargs="?")
@@ -296,6 +354,51 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    run = api.load(a.run, a.device)
+    arguments = {k: v for k, v in vars(a).items() if k in a.view_args and v not in (None, [])}
+    result = api.inspect(run, a.what, out=a.out, **arguments)
+    if a.json:
+        _print_json(result)
+        return 0
+    renderer = getattr(run.task, f"render_inspect_{a.what}", None)
+    if renderer is not None:
+        renderer(result, sys.stdout)
+    else:
+        for skipped in result.get("skipped", []):
+            print(f"not drawn: {skipped['view']}: {skipped['why']}")
+        for path in result.get("plots", []):
+            print(f"wrote {path}")
+        if "index" in result:
+            print(f"wrote {result['index']}")
+    return 0
+
+
+def cmd_attack(a: argparse.Namespace) -> int:
+    from lamina import api
+
+    try:
+        eps = [float(e) for e in a.eps.split(",")] if a.eps else None
+    except ValueError:
+        raise UsageError(f"--eps takes numbers separated by commas, e.g. 0,0.05,0.1 (got {a.eps!r})") from None
+    options = {k: v for k, v in (("limit", a.limit), ("step_size", a.step_size), ("target", a.target)) if v is not None}
+    result = api.attack(a.run, a.method, eps, steps=a.steps, seed=a.seed, out_dir=a.out, device=a.device, **options)
+    if a.json:
+        _print_json(result)
+        return 0
+    metric = next(k for k in result["curve"][0] if k != "eps")
+    print(f"{result['method']} on {result['n']} {result['split']} examples" + (f", towards {result['target']}"
+          if result["target"] else ""))  # fmt: skip
+    for p in result["curve"]:
+        extra = f"  turned into the target {p['success']:.1%}" if "success" in p else ""
+        print(f"  eps {p['eps']:<8g} {metric} {p[metric]:.4f}{extra}")
+    for path in result["plots"]:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_search(a: argparse.Namespace) -> int:
     from lamina import api
 
@@ -318,6 +421,42 @@ def cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain_backprop(a: argparse.Namespace) -> int:
+    from lamina.principles import backprop
+
+    try:
+        hidden = tuple(int(w) for w in a.hidden.split(","))
+    except ValueError:
+        raise UsageError(f"--hidden takes widths separated by commas, e.g. 256,128 (got {a.hidden!r})") from None
+
+    def show(r: dict) -> None:
+        norms = "  ".join(f"layer {i + 1} {n:.3g}" for i, n in enumerate(r["gradient_norms"]))
+        print(f"epoch {r['epoch']}: loss {r['loss']:.4f}, test accuracy {r['test_accuracy']:.2%}; "
+              f"mean gradient norms: {norms}", file=sys.stderr if a.json else sys.stdout)  # fmt: skip
+
+    result = backprop.explain(hidden, a.epochs, a.batch_size, a.lr, a.limit, a.seed, emit=show)
+    if a.json:
+        _print_json(result)
+        return 0
+    print(f"an MLP {' -> '.join(map(str, result['layers']))} in NumPy, gradients by hand; they differ from "
+          f"autograd's by at most {result['gradient_check']:.1e}")  # fmt: skip
+    print(f"test accuracy {result['test_accuracy']:.2%} after {a.epochs} epochs in {result['seconds']:.0f} s")
+    return 0
+
+
+def cmd_explain_classic(a: argparse.Namespace) -> int:
+    from lamina.principles import classic
+
+    result = classic.explain(a.features, a.limit, a.C)
+    if a.json:
+        _print_json(result)
+        return 0
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items())
+    print(f"{result['features']} features ({result['dimensions']} numbers per image) + {result['classifier']}: "
+          f"test accuracy {result['test_accuracy']:.2%} ({times})")  # fmt: skip
+    return 0
+
+
 def cmd_verb(a: argparse.Namespace, task_cls, verb: Verb) -> int:
     from lamina import api
 
@@ -327,10 +466,6 @@ def cmd_verb(a: argparse.Namespace, task_cls, verb: Verb) -> int:
             if sys.stdin.isatty():
                 print(f"lamina: reading {arg.dest} from stdin, one per line (Ctrl-D to end)", file=sys.stderr)
             arguments[arg.dest] = [line.rstrip("\n") for line in sys.stdin]
-    if verb.runs:  # several runs at once (e.g. compared in one plot); measured on the CPU unless told
-        device = a.device if a.device != "auto" else "cpu"
-        runs = [api.load(r, device, task=task_cls.name) for r in arguments.pop("runs")]
-        return _finish(runs[0].task, verb.name, getattr(runs[0].task, verb.attr)(runs, **arguments), a.json)
     run = api.load(a.run, a.device)
     if verb.stream and not a.json:
         arguments["emit"] = lambda piece: print(piece, end="", flush=True)

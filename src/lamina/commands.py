@@ -62,16 +62,13 @@ def arg(*flags: str, stdin: bool = False, input: str = "", path: bool = False, *
 
 @dataclass(frozen=True)
 class Verb:
-    """A use of trained runs. The task method `method` (default: the verb's name) is called as
-    method(model, meta, **arguments), or method(runs, **arguments) when the verb takes several
-    runs at once (`runs=True`, e.g. to compare them in one plot)."""
+    """A use of a trained run. The task method `method` (default: the verb's name) is called as
+    method(model, meta, **arguments)."""
 
     name: str
     help: str
     args: tuple[Arg, ...] = ()
     method: str = ""
-    group: str = ""  # a command group: `lamina GROUP NAME ...` (e.g. inspect gradients)
-    runs: bool = False
     stream: bool = False  # the method takes emit=callable and calls it with each piece as it is produced
     returns: str = ""  # the documented shape of the result (what --json prints)
 

@@ -131,6 +131,14 @@ class TrainConfig:
         choices=("auto", "bf16", "fp16", "off"),
     )
     channels_last: bool = setting(True, "channels-last memory format for convolutional models (oneDNN, cuDNN)")
+    adversarial: str = setting(
+        "off", "train on adversarial examples of each batch (Madry et al.; image classification)",
+        choices=("off", "fgsm", "pgd"),
+    )  # fmt: skip
+    adversarial_eps: float = setting(0.1, "their L-infinity radius, in pixels of [0, 1]", check=(lambda v: 0 <= v <= 1,
+                                     "must be in [0, 1]"))  # fmt: skip
+    adversarial_steps: int = setting(3, "PGD steps of each (step size 2.5 eps / steps)", check=(lambda v: v >= 1,
+                                     "must be at least 1"))  # fmt: skip
     device: str = setting(
         "auto",
         "where to train: auto, cpu, cuda, cuda:N or mps",

@@ -186,16 +186,22 @@ def _worker(task, out, space, time_budget, sets, settings, n_trials, timeout, th
     study = _study(out, task, sampler_seed, pruner)
     if counted(study) < n_trials:
         objective = Objective(task, Path(out), space, time_budget, sets, settings)
-        study.optimize(objective, timeout=timeout, callbacks=[StopAt(n_trials)], catch=(LaminaError,))
+        try:
+            study.optimize(objective, timeout=timeout, callbacks=[StopAt(n_trials)], catch=(LaminaError,))
+        except KeyboardInterrupt:  # Ctrl-C reached every process; the trial is marked for a retry
+            pass
 
 
 def counted(study) -> int:
     """Trials that count towards --trials: complete, pruned, or failed on their own (a trial stopped by
     Ctrl-C is tried again, and does not count)."""
     State = require().trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
     return sum(
-        t.state in (State.COMPLETE, State.PRUNED) or (t.state == State.FAIL and not t.user_attrs.get("interrupted"))
-        for t in study.get_trials(deepcopy=False)
+        t.state in (State.COMPLETE, State.PRUNED)
+        or (t.state == State.FAIL and not t.user_attrs.get("interrupted") and t.number not in retried)
+        for t in trials
     )
 
 
@@ -239,7 +245,8 @@ def _study(out: Path, task: str, seed: int, pruner: str):
 
 
 def _retry_cut_short(study) -> int:
-    """Trials a crash left running, or Ctrl-C stopped, run again with the same settings (once each)."""
+    """Trials a crash left running, or Ctrl-C stopped, run again with the same settings (once each); the
+    trial cut short then no longer counts towards --trials, its retry does."""
     optuna = require()
     State = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
@@ -326,8 +333,8 @@ def summarise(study, task_cls, out: Path, time_budget, sets, settings, seconds: 
     key = task_cls.monitor[0]
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.RUNNING:
-            continue
+        if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
+            continue  # not run yet (a retry queued by a search that stopped first)
         last = max(t.intermediate_values.items(), default=(None, None))[1]
         rows.append(
             {

@@ -180,12 +180,14 @@ class Trainer:
         carry: Any = None,
         dist: Distributed | None = None,
         on_evaluation: Callable[[dict[str, Any], float], bool] | None = None,
+        perturb: Callable[[nn.Module, Any], Any] | None = None,
     ):
         """`reserve_passes`: sample forward passes the caller runs after fit (e.g. the test set, times its
         views), kept out of the time budget; `val_samples`: size of the validation set, to time it;
         `carry`: an object whose state_dict() the step function changes (saved for resume);
         `on_evaluation(record, progress)`: told every evaluation's log line and how far training has
-        gone (0..1); True stops training, as a hyper-parameter search prunes a trial that trails."""
+        gone (0..1); True stops training, as a hyper-parameter search prunes a trial that trails;
+        `perturb(model, batch)`: the batch the step trains on instead (adversarial training)."""
         self.model, self.step_fn, self.train_data, self.evaluate_fn = model, step_fn, train, evaluate
         self.cfg, self.run_dir, self.precision = cfg, Path(run_dir), precision
         self.dist = dist or Distributed()
@@ -195,7 +197,7 @@ class Trainer:
         self.monitor_key, self.monitor_mode = monitor
         self.started = time.monotonic() if started is None else started
         self.reserve_passes, self.val_samples, self.carry = reserve_passes, val_samples, carry
-        self.on_evaluation = on_evaluation
+        self.on_evaluation, self.perturb = on_evaluation, perturb
         self.optimizer = build_optimizer(model, cfg.optim)
         self.lr_at = lr_factor(cfg.optim)
         self.state = TrainState(world=self.dist.world)
@@ -280,6 +282,8 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not self.dist.active else self.wrapped.no_sync()
             with sync:
                 with self.precision.autocast():
+                    if self.perturb is not None:  # the network's own worst case within the ball, found first
+                        batch = self.perturb(self.model, batch)
                     out = self.step_fn(self.wrapped, batch)
                 self.precision.backward(out.loss / len(group))
             self._count(out, last)

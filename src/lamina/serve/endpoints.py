@@ -101,8 +101,6 @@ def endpoints_of(name: str, run) -> list[Endpoint]:
         )
     ]
     for verb in task.verbs:
-        if verb.runs or verb.group:
-            continue  # verbs over several runs, or that inspect training: not for a server
         positional = [a for a in verb.args if a.positional]
         if any(not a.input for a in positional) or len(positional) > 1:
             continue

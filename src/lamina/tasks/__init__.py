@@ -38,9 +38,9 @@ def register_task(cls: type[Task]) -> type[Task]:
         owner = next((t for t in TASKS.values() if t is not cls and verb.name in {v.name for v in t.verbs}), None)
         if owner is not None:
             raise ValueError(f"verb {verb.name!r} of task {cls.name!r} is already declared by task {owner.name!r}")
-        if (verb.name in COMMANDS and not verb.group) or verb.attr in RUN_ATTRIBUTES:
+        if verb.name in COMMANDS or verb.attr in RUN_ATTRIBUTES:
             raise ValueError(f"verb {verb.name!r} of task {cls.name!r} would hide lamina's own {verb.name!r}")
-        taken = {a.dest for a in verb.args} & (VERB_OPTIONS - ({"run"} if verb.runs else set()))
+        taken = {a.dest for a in verb.args} & VERB_OPTIONS
         if taken:
             raise ValueError(
                 f"verb {verb.name!r} of task {cls.name!r} declares {', '.join(sorted(taken))}, "

@@ -19,6 +19,7 @@ It declares, as class attributes:
     libraries             distributions whose versions affect its results (recorded in lamina.json)
     not_exported          why its runs have no ONNX export, where ``export_graphs`` is not implemented
     search_space          what `lamina search` tries by default: setting key -> choices or {low, high, log}
+    insights              the views of `lamina inspect RUN WHAT` (lamina.insight.views.View)
 
 and implements the methods below. The engine only calls ``step`` and ``evaluate``; the API the rest.
 One level of inheritance, no more: a task overrides what it needs.
@@ -116,6 +117,7 @@ class Task:
     libraries: tuple[str, ...] = ()
     not_exported: str = "its models have no exportable graph yet"
     search_space: dict[str, Any] = {}  # empty: the learning rate and weight decay around the defaults
+    insights: tuple = ()
 
     def __init__(
         self,
@@ -227,6 +229,30 @@ class Task:
         """`lamina export`: the graphs of a trained run (the first is the main one), on the CPU. Tasks
         whose runs can be exported override this; the others say why not."""
         raise UsageError(f"a {self.name} run cannot be exported to ONNX: {self.not_exported}")
+
+    # ----- looking inside (lamina inspect) and pushing on it (lamina attack) ------------------------
+    def probe(self, model: nn.Module, meta: dict[str, Any]):
+        """How the image views (lamina.insight.maps.Probe) see this task's network."""
+        raise UsageError(f"a {self.name} run has no image views")
+
+    def embedding_points(self, model: nn.Module, meta: dict[str, Any], limit: int):
+        """(points (N, D), group of each (N,), group names, what the points are) for `inspect embeddings`."""
+        raise UsageError(f"a {self.name} run has no embeddings view")
+
+    def attack(
+        self, model: nn.Module, meta: dict[str, Any], method: str, eps: list[float], **options
+    ) -> dict[str, Any]:
+        """`lamina attack RUN`: the run's figure on its test split against adversarial examples of each
+        size in `eps` (lamina.adversarial): {'curve': [{'eps', <metric>, ...}], 'plots'}."""
+        raise UsageError(f"a {self.name} run cannot be attacked: lamina attack measures classify and detect runs")
+
+    def perturb(self, model: nn.Module, batch: Any) -> Any:
+        """The batch with its inputs replaced by adversarial ones (train.adversarial): Madry's inner step."""
+        raise UsageError(f"train.adversarial applies to image classification, not to {self.name} runs")
+
+    def sample_inputs(self, meta: dict[str, Any], limit: int = 3) -> list:
+        """Inputs `inspect RUN all` looks at when given none: a few of the run's test examples."""
+        return []
 
     # ----- how results read on a terminal ---------------------------------------------------------
     @classmethod

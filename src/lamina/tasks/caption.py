@@ -32,6 +32,7 @@ from lamina.data.vocab import BOS, PAD, WordVocab
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
+from lamina.insight import views
 from lamina.models import decoding
 from lamina.tasks import register_task
 from lamina.tasks.base import ENCODER_DECODER, Prepared, Task
@@ -109,6 +110,11 @@ class CaptionTask(Task):
     verbs = (CAPTION,)
     predict_args = CAPTION.args[1:]
     inputs = "image"
+    insights = (
+        views.FILTERS,
+        views.ACTIVATIONS,
+        views.attention_view("caption", "image", "IMAGE", views.has_attention),
+    )
     evaluate_args = SEARCH_ARGS
 
     def __init__(self, *args, **kwargs):
@@ -438,6 +444,25 @@ class CaptionTask(Task):
         return found
 
     # ----- on a terminal -------------------------------------------------------------------------
+    # ----- looking inside -------------------------------------------------------------------------
+    def probe(self, model: nn.Module, meta: dict[str, Any]):
+        """Images as caption reads them; the encoder's stem and stages."""
+        from lamina.insight.maps import Probe
+
+        size = meta.get("image_size", self.cfg.data.image_size)
+        features = model.encoder.features
+        return Probe(
+            load=lambda source: load_image(source, 3, size).to(self.device).float() / 255,
+            forward=model.encoder,
+            stages=[("stem", features[0]), *((f"stage {i}", s) for i, s in enumerate(features[1:], 1))],
+        )
+
+    def sample_inputs(self, meta: dict[str, Any], limit: int = 2) -> list:
+        try:
+            return list(self.load_split(self.cfg.data.name, "test").images[:limit])
+        except (LaminaError, OSError):
+            return []
+
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
         test = metrics.get("test", {})

@@ -18,6 +18,7 @@ from lamina.data.sources import FASHION_MNIST
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, choices
+from lamina.insight import views
 from lamina.tasks import register_task
 from lamina.tasks.base import ExportSpec, Prepared, Task
 
@@ -65,6 +66,7 @@ class ClassifyTask(Task):
     libraries = ("torchmetrics",)
     predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely classes to show"),)
     inputs = "image"
+    insights = (views.FILTERS, views.ACTIVATIONS, views.EMBEDDINGS, views.SALIENCY, views.GRADCAM)
     # What a recipe for a few minutes on a CPU can gain from: the network, the step size and its decay,
     # regularisation, and the augmentation that pays off in longer runs.
     search_space = {
@@ -381,6 +383,135 @@ class ClassifyTask(Task):
                 preprocessing,
             )
         ]
+
+    # ----- looking inside -------------------------------------------------------------------------
+    def probe(self, model: nn.Module, meta: dict[str, Any]):
+        """Images as predict reads them, the stages of the backbone, and a class's logit as the score."""
+        from lamina.insight.maps import Probe, Target, stage_ends
+
+        c, s = meta["channels"], meta["image_size"]
+        example = torch.zeros(1, c, s, s, device=self.device)
+
+        def targets(x: torch.Tensor, wanted: str | None) -> list[Target]:
+            logits = model(x)[0].float()
+            k = self.class_index(wanted, meta["classes"]) if wanted is not None else int(logits.argmax())
+            p = float(logits.detach().softmax(0)[k])
+            return [Target(f"{meta['classes'][k]} (p {p:.2f})", logits[k])]
+
+        return Probe(
+            load=lambda source: img.load_image(source, c, s).to(self.device).float() / 255,
+            forward=model,
+            stages=stage_ends(model.features, model.normalize(example), "features."),
+            targets=targets,
+        )
+
+    @staticmethod
+    def class_index(wanted: str, classes: list[str]) -> int:
+        if wanted in classes:
+            return classes.index(wanted)
+        if str(wanted).isdigit() and int(wanted) < len(classes):
+            return int(wanted)
+        raise UsageError(f"unknown class {wanted!r}; choose a name or index from: {', '.join(classes)}")
+
+    @torch.no_grad()
+    def embedding_points(self, model: nn.Module, meta: dict[str, Any], limit: int):
+        """The backbone's features (what the last layer classifies) of the first `limit` test images."""
+        split = "test" if self.has_split(self.cfg.data.name, "test") else "val"
+        data = self.eval_split(meta, self.cfg.data.name, split)
+        model.eval()
+        points = torch.cat([
+            model.forward_features(data.images[i : i + 512].to(self.device)).float().cpu()
+            for i in range(0, min(limit, len(data)), 512)
+        ])[:limit]  # fmt: skip
+        return points, data.labels[:limit], meta["classes"], f"penultimate features ({split})"
+
+    def sample_inputs(self, meta: dict[str, Any], limit: int = 3) -> list:
+        """The first test images of `limit` different classes, as uint8 tensors."""
+        split = "test" if self.has_split(self.cfg.data.name, "test") else "val"
+        try:
+            data = self.eval_split(meta, self.cfg.data.name, split)
+        except LaminaError:
+            return []
+        firsts = {}
+        for i, label in enumerate(data.labels.tolist()):
+            firsts.setdefault(label, i)
+            if len(firsts) == limit:
+                break
+        return [data.images[i] for i in firsts.values()]
+
+    # ----- pushing on it ---------------------------------------------------------------------------
+    def attack(
+        self, model: nn.Module, meta: dict[str, Any], method: str = "pgd", eps: list[float] | None = None,
+        steps: int = 10, step_size: float | None = None, target: str | None = None, limit: int = 1000,
+        out_dir: Path | None = None, seed: int = 0,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Test accuracy (one view, no mirrored average) on adversarial versions of the first `limit`
+        test images, for each eps; targeted at the class `target`, also the share turned into it."""
+        from lamina import adversarial
+        from lamina.viz.attack import plot_attack_curve, plot_examples
+
+        eps = adversarial.check_options(eps if eps is not None else [0.0, 0.02, 0.05, 0.1], steps, step_size, limit)
+        split = "test" if self.has_split(self.cfg.data.name, "test") else "val"
+        data = self.eval_split(meta, self.cfg.data.name, split)
+        x_all, y_all = data.images[:limit].float() / 255, data.labels[:limit]
+        goal = self.class_index(target, meta["classes"]) if target is not None else None
+        model.eval()
+        generator = torch.Generator().manual_seed(seed)
+        curve, shown = [], None
+        for e in eps:
+            right = turned = 0
+            for i in range(0, len(y_all), 256):
+                x, y = x_all[i : i + 256].to(self.device), y_all[i : i + 256].to(self.device)
+                wanted = torch.full_like(y, goal) if goal is not None else y
+
+                def loss(v: torch.Tensor, wanted=wanted) -> torch.Tensor:
+                    return F.cross_entropy(model(v).float(), wanted, reduction="sum")
+
+                adv = adversarial.attack(method, loss, x, e, steps, step_size, goal is not None, generator)
+                with torch.no_grad():
+                    pred = model(adv).argmax(1)
+                right += int((pred == y).sum())
+                if goal is not None:
+                    turned += int(((pred == goal) & (y != goal)).sum())
+                if i == 0 and e == eps[-1]:
+                    shown = (x[:8].cpu(), adv[:8].cpu(), y[:8].cpu(), pred[:8].cpu())
+            point = {"eps": e, "accuracy": right / len(y_all)}
+            if goal is not None:
+                point["success"] = turned / max(int((y_all != goal).sum()), 1)
+            curve.append(point)
+        out_dir = Path(out_dir or self.run_dir or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        what = method.upper() + (f", {steps} steps" if method == "pgd" else "")
+        what += f", towards {meta['classes'][goal]}" if goal is not None else ""
+        plots = [plot_attack_curve(curve, out_dir / f"attack-{method}.png", what, "accuracy")]
+        if shown is not None:
+            clean, adv, y, pred = shown
+            names = [(meta["classes"][a], meta["classes"][b]) for a, b in zip(y.tolist(), pred.tolist())]
+            plots.append(plot_examples(clean, adv, names, out_dir / f"attack-{method}-examples.png", eps[-1]))
+        step_size = step_size or (2.5 * eps[-1] / steps if method == "pgd" else eps[-1])  # at the largest eps
+        return {"method": method, "steps": steps if method == "pgd" else 1, "step_size": step_size,
+                "target": meta["classes"][goal] if goal is not None else None, "split": split, "n": len(y_all),
+                "curve": curve, "plots": [str(p) for p in plots]}  # fmt: skip
+
+    def perturb(self, model: nn.Module, batch):
+        """PGD (or FGSM) examples of a training batch at train.adversarial_eps, made with the network in
+        evaluation mode (so that the attack's passes do not move the batch-norm statistics)."""
+        from lamina import adversarial
+
+        t = self.cfg.train
+        x, y = batch
+        model = getattr(model, "module", model)  # under DDP, the network itself: no gradient sync for the attack
+        was_training = model.training
+        model.eval()
+        try:
+
+            def loss(v: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(model(v).float(), y, reduction="sum")
+
+            adv = adversarial.attack(t.adversarial, loss, x.float() / 255, t.adversarial_eps, t.adversarial_steps)
+        finally:
+            model.train(was_training)
+        return adv, y
 
     # ----- on a terminal -------------------------------------------------------------------------
     @classmethod

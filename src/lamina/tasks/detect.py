@@ -18,6 +18,7 @@ from lamina.data.images import load_image
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
+from lamina.insight import views
 from lamina.tasks import register_task
 from lamina.tasks.base import ExportSpec, Prepared, Task
 
@@ -91,6 +92,7 @@ class DetectTask(Task):
     verbs = (DETECT,)
     predict_args = DETECT.args[1:]
     inputs = "image"
+    insights = (views.FILTERS, views.ACTIVATIONS, views.SALIENCY, views.GRADCAM)
 
     # ----- data ---------------------------------------------------------------------------------
     def spec(self) -> scenes.SceneSpec:
@@ -211,10 +213,11 @@ class DetectTask(Task):
 
     @torch.no_grad()
     def detect_batch(self, model: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Detections of a list of (3, H, W) uint8 images, on the CPU, masks (N, H, W) bool at 0.5."""
+        """Detections of a list of (3, H, W) uint8 images (or float in [0, 1]), on the CPU, masks (N, H, W)
+        bool at 0.5."""
         model.eval()
         with self.precision.autocast():
-            out = model([x.float() / 255 for x in images])
+            out = model([x.float() if x.is_floating_point() else x.float() / 255 for x in images])
         found = []
         for o in out:
             r = {k: o[k].float().cpu() if k != "labels" else o[k].cpu() for k in ("boxes", "scores", "labels")}
@@ -362,6 +365,106 @@ class DetectTask(Task):
         }
         example = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
         return [ExportSpec(DetectGraph(model), (example,), ["image"], outputs, dynamic, preprocessing, "torchscript")]
+
+    # ----- pushing on it ---------------------------------------------------------------------------
+    def attack(
+        self, model: nn.Module, meta: dict[str, Any], method: str = "pgd", eps: list[float] | None = None,
+        steps: int = 10, step_size: float | None = None, target: str | None = None, limit: int = 50,
+        out_dir: Path | None = None, seed: int = 0,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Box (and mask) mAP on adversarial versions of the first `limit` test scenes, for each eps: each
+        image moved to raise the detector's own training loss on its true objects (every head's)."""
+        from lamina.adversarial import check_options
+        from lamina.viz.attack import plot_attack_curve
+
+        if target is not None:
+            raise UsageError("--target applies to classify runs; a detector is attacked untargeted")
+        eps = check_options(eps if eps is not None else [0.0, 0.005, 0.01, 0.02], steps, step_size, limit)
+        classes = ["__background__", *meta["classes"]]
+        dataset = coco.read_split(self.root(self.cfg.data.name), "test", classes)
+        dataset = coco.DetectionSet(dataset.images[:limit], dataset.targets[:limit], classes, dataset.keys[:limit])
+        with torch.random.fork_rng(devices=[]):  # the heads' region sampling in training mode, from --seed
+            torch.manual_seed(seed)
+            try:
+                curve = [self._attacked_map(model, dataset, method, e, steps, step_size, seed) for e in eps]
+            finally:
+                model.eval()
+        out_dir = Path(out_dir or self.run_dir or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        what = method.upper() + (f", {steps} steps" if method == "pgd" else "")
+        plot = plot_attack_curve(curve, out_dir / f"attack-{method}.png", what, "box_map_50")
+        return {"method": method, "steps": steps if method == "pgd" else 1,
+                "step_size": step_size or (2.5 * max(eps) / steps if method == "pgd" else max(eps)), "target": None,
+                "split": "test", "n": len(dataset), "curve": curve, "plots": [str(plot)]}  # fmt: skip
+
+    def _attacked_map(self, model, dataset, method, eps, steps, step_size, seed) -> dict[str, float]:
+        from lamina import adversarial
+
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        generator = torch.Generator().manual_seed(seed)
+        masks = self.has_masks(model)
+        preds, truth = [], []
+        for images, targets in self.batches(dataset).epoch(0):
+            adv = []
+            for x, t in zip(images, targets):
+                goal = {k: t[k] for k in ("boxes", "labels", "masks") if k in t}
+
+                def loss(v: torch.Tensor, goal=goal) -> torch.Tensor:
+                    model.train()
+                    for m in norms:  # training-mode losses, evaluation-mode statistics
+                        m.eval()
+                    return sum(model([v[0]], [goal]).values())
+
+                adv.append(adversarial.attack(method, loss, x[None].float() / 255, eps, steps, step_size,
+                                              generator=generator)[0])  # fmt: skip
+            preds += self.detect_batch(model, adv)
+            truth += [{"boxes": t["boxes"].cpu(), "labels": t["labels"].cpu(), "masks": t["masks"].cpu().bool()}
+                      for t in targets]  # fmt: skip
+        if not masks:
+            preds = [{k: v for k, v in p.items() if k != "masks"} for p in preds]
+        found = metrics.detection_map(preds, truth, dataset.classes, masks=masks)
+        return {"eps": eps, **{k: found[k] for k in ("box_map", "box_map_50", "mask_map") if k in found}}
+
+    # ----- looking inside -------------------------------------------------------------------------
+    def probe(self, model: nn.Module, meta: dict[str, Any], threshold: float = 0.5, most: int = 6):
+        """Images at their own size; the backbone's stem and stages; as scores, each detected object's
+        (at least `threshold`, at most `most`, else the best three), differentiable through torchvision's
+        box selection."""
+        from lamina.insight.maps import Probe, Target
+
+        features = model.backbone.features
+        classes = meta["classes"]
+
+        def targets(x: torch.Tensor, wanted: str | None) -> list[Target]:
+            model.eval()
+            found = model([x[0]])[0]
+            keep = [i for i, label in enumerate(found["labels"].tolist())
+                    if wanted is None or classes[label - 1] == wanted or str(label - 1) == str(wanted)]  # fmt: skip
+            if wanted is not None and wanted not in classes and not str(wanted).isdigit():
+                raise UsageError(f"unknown class {wanted!r}; choose a name or index from: {', '.join(classes)}")
+            scores = found["scores"].detach()
+            sure = [i for i in keep if float(scores[i]) >= threshold][:most] or keep[:3]
+            return [
+                Target(f"{classes[int(found['labels'][i]) - 1]} {float(scores[i]):.2f}", found["scores"][i],
+                       [round(v, 1) for v in found["boxes"][i].tolist()])
+                for i in sure
+            ]  # fmt: skip
+
+        return Probe(
+            load=lambda source: load_image(source, 3, 0).to(self.device).float() / 255,
+            forward=lambda x: model([x[0]]),
+            stages=[("stem", features[0]), *((f"stage {i}", s) for i, s in enumerate(features[1:], 1))],
+            targets=targets,
+        )
+
+    def sample_inputs(self, meta: dict[str, Any], limit: int = 2) -> list:
+        """The first test scenes of the run's data."""
+        try:
+            root = self.root(self.cfg.data.name)
+            dataset = coco.read_split(root, "test", ["__background__", *meta["classes"]])
+        except (LaminaError, OSError):
+            return []
+        return dataset.images[:limit]
 
     @staticmethod
     def score_floor(model: nn.Module) -> float:

@@ -26,6 +26,7 @@ from lamina.data.sources import SHAKESPEARE
 from lamina.data.vocab import CharVocab
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, warn
+from lamina.insight.views import View
 from lamina.models import decoding
 from lamina.models.rnn import detach_state
 from lamina.tasks import register_task
@@ -84,18 +85,26 @@ GENERATE = Verb(
     stream=True,
     returns="{prompt, text, characters, seconds, first_char_s, chars_per_s}",
 )
-GRADIENTS = Verb(
+
+
+def _gradients(run, out: Path, others: list | None = None, steps: int = 200, rows: int = 16) -> dict[str, Any]:
+    """`lamina inspect RUN gradients [RUN...]`: this run's gradient flow, and the other runs' in the same plot."""
+    from lamina import api
+
+    runs = [run, *(api.load(r, "cpu", task="lm") for r in others or [])]
+    result = run.task.gradient_flow_of(runs, steps, rows, out / "gradient-flow.png")
+    return {**result, "plots": [result["plot"]]}
+
+
+GRADIENTS = View(
     "gradients",
-    "how far back the loss gradient reaches in recurrent language models (lm runs)",
+    "how far back the loss gradient reaches in a recurrent network, beside other lm runs",
     (
-        arg("runs", nargs="+", metavar="RUN", path=True),
+        arg("others", nargs="*", metavar="RUN", path=True, help="more lm runs to draw in the same plot"),
         arg("--steps", type=int, help="time steps back from the loss"),
         arg("--rows", type=int, help="validation windows to average over"),
-        arg("--out", path=True, help="plot file"),
     ),
-    method="gradient_flow_of",
-    group="inspect",
-    runs=True,
+    function=_gradients,
     returns="{steps, rows, curves: {run: [norm at t = 0..steps]}, plot}",
 )
 
@@ -122,7 +131,8 @@ class LanguageModelTask(Task):
     data_paths = "a UTF-8 text file or a folder of text files"
     data_model_args = ("vocab_size",)
     resume_keys = ("vocab",)
-    verbs = (GENERATE, GRADIENTS)
+    verbs = (GENERATE,)
+    insights = (GRADIENTS,)
     not_exported = "it generates text one character at a time, sampling each in a Python loop that carries its state"
     predict_args = (arg("--top-k", type=int, metavar="K", help="how many of the most likely next characters to show"),)
     inputs = "text"
@@ -350,7 +360,7 @@ class LanguageModelTask(Task):
     def gradient_flow_of(
         self, runs: list, steps: int = 200, rows: int = 16, out: str = "gradient-flow.png"
     ) -> dict[str, Any]:
-        """`lamina inspect gradients RUN...`: the gradient flow of each run, one plot with all of them."""
+        """`lamina inspect RUN gradients [RUN...]`: the gradient flow of each run, one plot with all of them."""
         from lamina.viz.gradient_flow import plot_gradient_flow
 
         if steps < 1 or rows < 1:
@@ -377,7 +387,7 @@ class LanguageModelTask(Task):
                 print(f"{r['input']!r}: {shown}", file=out)
 
     @classmethod
-    def render_gradients(cls, result: dict[str, Any], out: TextIO) -> None:
+    def render_inspect_gradients(cls, result: dict[str, Any], out: TextIO) -> None:
         marks = [t for t in (0, 1, 10, 25, 50, 100, 200, 500) if t <= result["steps"]]
         print(f"{'run':40s} " + " ".join(f"{'t=' + str(t):>9s}" for t in marks), file=out)
         for label, norms in result["curves"].items():

@@ -13,6 +13,7 @@ accuracy and character error rate of the crops read, and end-to-end F (a word fo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from lamina.data.vocab import EOS, CharVocab
 from lamina.engine import checkpoint as ckpt
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError
+from lamina.insight import views
 from lamina.models import ctc
 from lamina.tasks import register_task
 from lamina.tasks.base import ExportSpec, Prepared, Task
@@ -112,6 +114,10 @@ class ReadTask(Task):
     verbs = (READ,)
     predict_args = READ.args[1:]
     inputs = "image"
+    insights = (
+        views.FILTERS,
+        dataclasses.replace(views.ACTIVATIONS, applies=lambda run: ReadTask.detector_of(run.model) is not None),
+    )
     evaluate_args = (READ.args[1],)
 
     def __init__(self, *args, **kwargs):
@@ -590,6 +596,43 @@ class ReadTask(Task):
         return ExportSpec(DBNetGraph(detector), (example,), ["image"], ["prob"], dynamic, preprocessing, name=name)
 
     # ----- on a terminal -------------------------------------------------------------------------
+    # ----- looking inside -------------------------------------------------------------------------
+    @staticmethod
+    def detector_of(model: nn.Module) -> nn.Module | None:
+        from lamina.models.text import DBNet
+
+        return model if isinstance(model, DBNet) else getattr(model, "detector", None)
+
+    def sample_inputs(self, meta: dict[str, Any], limit: int = 2) -> list:
+        """The first test scenes (a reader or detector run); a recognizer's crops are no scenes."""
+        try:
+            return [image.pil() for image in self.load_split(self.cfg.data.name, "test").images[:limit]]
+        except (LaminaError, OSError):
+            return []
+
+    def probe(self, model: nn.Module, meta: dict[str, Any]):
+        """Images at their own size, padded to a multiple of 32 as the detector takes them; the stem and
+        stages of the detector's backbone."""
+        import torch.nn.functional as F
+
+        from lamina.insight.maps import Probe
+
+        detector = self.detector_of(model)
+        if detector is None:
+            raise UsageError("a recognizer-only run has no detector to look inside; the views that do: filters")
+
+        def load(source) -> torch.Tensor:
+            x = load_image(source, 3, 0).to(self.device).float() / 255
+            h, w = x.shape[-2:]
+            return F.pad(x, (0, -w % 32, 0, -h % 32))
+
+        features = detector.backbone.features
+        return Probe(
+            load=load,
+            forward=detector,
+            stages=[("stem", features[0]), *((f"stage {i}", s) for i, s in enumerate(features[1:], 1))],
+        )
+
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
         test = metrics.get("test", {})

@@ -27,6 +27,7 @@ from lamina.data.speech import Example, SpeechBatches
 from lamina.engine.checkpoint import atomic_write
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, UsageError, warn
+from lamina.insight import views
 from lamina.tasks import register_task
 from lamina.tasks.base import ENCODER_DECODER, ExportSpec, Prepared, Task
 
@@ -136,6 +137,7 @@ class TranscribeTask(Task):
     verbs = (TRANSCRIBE,)
     predict_args = DECODING
     inputs = "audio"
+    insights = (views.attention_view("transcribe", "audio", "FILE", lambda run: run.info["model"]["name"] != "ctc"),)
     evaluate_args = DECODING
     libraries = ("jiwer", "soundfile", "soxr")
 

@@ -29,6 +29,7 @@ from lamina.data.vocab import EOS, PAD, Tokenizer
 from lamina.engine.checkpoint import atomic_write
 from lamina.engine.loop import StepOutput
 from lamina.errors import LaminaError, warn
+from lamina.insight import views
 from lamina.models import decoding
 from lamina.tasks import register_task
 from lamina.tasks.base import ENCODER_DECODER, Prepared, Task
@@ -106,6 +107,10 @@ class TranslateTask(Task):
     verbs = (TRANSLATE,)
     predict_args = SEARCH_ARGS
     inputs = "text"
+    insights = (
+        views.attention_view("translate", "text", "TEXT", views.has_attention),
+        views.EMBEDDINGS,
+    )
     evaluate_args = SEARCH_ARGS
     libraries = ("sacrebleu", "sentencepiece", "polib")
     not_exported = ENCODER_DECODER
@@ -376,6 +381,31 @@ class TranslateTask(Task):
         return self.translate(model, meta, [str(x) for x in inputs], **options)
 
     # ----- on a terminal -------------------------------------------------------------------------
+    # ----- looking inside -------------------------------------------------------------------------
+    @torch.no_grad()
+    def embedding_points(self, model: nn.Module, meta: dict[str, Any], limit: int):
+        """Each test sentence as the encoder sees it (its states averaged over the source), grouped by
+        length as evaluation groups them."""
+        split = "test" if self.has_split(self.cfg.data.name, "test") else "val"
+        pairs = getattr(self.load_corpus(), split)[:limit]
+        model.eval()
+        points, lengths = [], []
+        for i in range(0, len(pairs), 64):
+            chunk = pairs[i : i + 64]
+            ids = self.tokenizer.encode([source for source, _ in chunk])
+            memory, _ = model.encode(pad([[*row, EOS] for row in ids], self.device))
+            mask = memory.mask.unsqueeze(-1).float()
+            points.append(((memory.outputs.float() * mask).sum(1) / mask.sum(1)).cpu())
+            lengths += [len(source.split()) for source, _ in chunk]
+        groups = torch.tensor([min((n - 1) // 5, 3) for n in lengths])
+        return torch.cat(points), groups, ["1-5 words", "6-10", "11-15", "16+"], f"mean encoder states ({split})"
+
+    def sample_inputs(self, meta: dict[str, Any], limit: int = 3) -> list:
+        try:
+            return [source for source, _ in self.load_corpus().test[:limit]]
+        except (LaminaError, OSError):
+            return []
+
     @classmethod
     def headline(cls, metrics: dict[str, Any]) -> str:
         test = metrics.get("test", {})
