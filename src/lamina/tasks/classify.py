@@ -74,7 +74,7 @@ class ClassifyTask(Task):
         "optim.lr": {"low": 0.02, "high": 0.8, "log": True},
         "optim.weight_decay": {"low": 1e-5, "high": 5e-3, "log": True},
         "optim.warmup": {"low": 0.05, "high": 0.4},
-        "train.batch_size": [64, 128, 256, 512],
+        "train.batch_size": [0, 64, 128, 512],  # 0: the task chooses (256 on Fashion-MNIST), as by default
         "train.label_smoothing": {"low": 0.0, "high": 0.2},
         "data.crop_padding": [0, 1, 2],
         "data.erase": {"low": 0.0, "high": 0.5},

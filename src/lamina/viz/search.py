@@ -58,7 +58,10 @@ def plot_trials(rows: list[dict[str, Any]], key: str, mode: str, path: Path, log
         ax.scatter([r["params"][p] for r in shown], [r["value"] for r in shown],
                    c=["tab:blue" if r["state"] == "complete" else "tab:grey" for r in shown], s=18)  # fmt: skip
         if p in log:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: the minor labels overlap
         ax.set_xlabel(p)
     fig.tight_layout()
     return save(fig, path)
